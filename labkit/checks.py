@@ -1,0 +1,91 @@
+"""Check cells: each function tests one task's code and prints one line per property, ✔ or ✘.
+
+The printed lines never depend on the data source, the device or timing, so the notebooks' stored
+outputs hold exactly the ✔ lines that nbval compares: a wrong implementation prints ✘ and fails.
+"""
+import torch
+from torch import nn
+
+DRAWS = 1000
+
+
+def _line(ok, text):
+    print(f"{'✔' if ok else '✘'} {text}")
+
+
+def _ratio(hits, total, text):
+    _line(hits == total, f"{text} ({hits}/{total})")
+
+
+def check_triplets(dataset, draws=DRAWS, seed=0):
+    """Task 1: positives from the anchor's class (never the anchor), negatives from the others."""
+    torch.manual_seed(seed)
+    anchors = torch.randint(len(dataset), (draws,)).tolist()
+    targets = dataset.targets
+    pos = [dataset._sample_positive(i) for i in anchors]
+    neg = [dataset._sample_negative(i) for i in anchors]
+    _ratio(sum(targets[p] == targets[a] for a, p in zip(anchors, pos)), draws,
+                "positives share the anchor's class")
+    _ratio(sum(p != a for a, p in zip(anchors, pos)), draws, "positives are never the anchor itself")
+    _ratio(sum(targets[n] != targets[a] for a, n in zip(anchors, neg)), draws,
+                 "negatives come from another class")
+    neg_classes = {targets[n].item() for n in neg}
+    _line(neg_classes == set(dataset.classes), "negatives cover every class over many draws")
+    item = dataset[anchors[0]]
+    shapes_ok = (len(item) == 4 and all(torch.is_tensor(x) and x.shape == (1, 28, 28) for x in item[:3])
+                 and isinstance(item[3], int))
+    _line(shapes_ok, "an item is (anchor, positive, negative) of shape (1, 28, 28) and an int target")
+
+
+def check_images(dataset):
+    """Task 1: pixel range and shape of the dataset's images."""
+    x = dataset.images
+    _line(x.dim() == 3 and tuple(x.shape[1:]) == (28, 28), "images have shape (N, 28, 28)")
+    _line(x.dtype == torch.float32 and x.min() >= 0 and x.max() <= 1 and x.max() > 0.5,
+                "images are float32 in [0, 1]")
+
+
+def check_remove_class(dataset_cls, removed=0, **kwargs):
+    """Task 1: ``remove_class`` drops every image of that digit and nothing else."""
+    full = dataset_cls(split="train", **kwargs)
+    ds = dataset_cls(split="train", remove_class=removed, **kwargs)
+    kept = (full.targets != removed).sum().item()
+    _line(bool((ds.targets != removed).all()) and len(ds) == kept,
+               f"remove_class={removed} removes every {removed} and keeps all other digits")
+    _line(removed not in ds.classes and len(ds.classes) == 9, f"classes no longer list {removed}")
+    neg_ok = all(ds.targets[ds._sample_negative(i)] != removed for i in range(0, len(ds), max(1, len(ds) // 200)))
+    _line(neg_ok, f"no negative is ever a {removed}")
+
+
+def check_block(block_cls):
+    """Task 2: _BNReluConv is GroupNorm -> ReLU -> Conv2d keeping the spatial size."""
+    block = block_cls(4, 8, k=3)
+    kinds = [type(m) for m in block]
+    _line(kinds == [nn.GroupNorm, nn.ReLU, nn.Conv2d], "_BNReluConv is GroupNorm → ReLU → Conv2d")
+    out = block(torch.randn(2, 4, 13, 13))
+    _line(out.shape == (2, 8, 13, 13), "a block maps (2, 4, 13, 13) to (2, 8, 13, 13)")
+
+
+def check_embedding(model_cls, emb_size=32, seed=0):
+    """Task 2: shapes of SimpleMetricEmbedding.get_features and its loss against torch's."""
+    torch.manual_seed(seed)
+    model = model_cls(1, emb_size)
+    x = torch.rand(64, 1, 28, 28)
+    _line(model.get_features(x).shape == (64, emb_size), f"get_features: (64, 1, 28, 28) → (64, {emb_size})")
+    _line(model.get_features(x[:1]).shape == (1, emb_size), f"get_features: (1, 1, 28, 28) → (1, {emb_size})")
+    a, p, n = torch.rand(3, 16, 1, 28, 28)
+    reference = nn.TripletMarginLoss(margin=1.0, p=2)(model.get_features(a), model.get_features(p),
+                                                      model.get_features(n))
+    loss = model.loss(a, p, n)
+    _line(loss.dim() == 0 and torch.allclose(loss, reference, rtol=1e-4, atol=1e-5),
+                "loss equals torch.nn.TripletMarginLoss(margin=1.0, p=2)")
+    loss.backward()
+    _line(all(p.grad is not None for p in model.parameters()), "the loss sends gradients to every parameter")
+
+
+def check_identity(model_cls):
+    """Task 2: IdentityModel returns flattened images."""
+    x = torch.rand(8, 1, 28, 28)
+    feats = model_cls().get_features(x)
+    _line(feats.shape == (8, 784) and torch.equal(feats, x.reshape(8, -1)),
+                 "IdentityModel: (8, 1, 28, 28) → (8, 784), the pixels themselves")

@@ -1,0 +1,70 @@
+"""What a run leaves behind: the output folder, figures, and the results file with its table.
+
+The folder is ``$LABKIT_OUTPUT`` if set (the README's main command points it at ``out/``), else
+``./outputs``. Every file is written atomically: complete, or not at all.
+"""
+import json
+import os
+import tempfile
+from pathlib import Path
+
+OUTPUT_ENV = "LABKIT_OUTPUT"
+DEFAULT_OUTPUT = "outputs"
+RESULTS_FILE = "results.json"
+
+
+def output_dir(folder=None):
+    path = Path(folder if folder is not None else os.environ.get(OUTPUT_ENV, DEFAULT_OUTPUT))
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def atomic_write(path, write):
+    """Call ``write(binary_file)`` on a temporary file beside ``path``, then rename it over ``path``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def save_figure(fig, name, folder=None):
+    """Write a matplotlib figure as ``<output>/figures/<name>.png``; returns the path."""
+    path = output_dir(folder) / "figures" / f"{name}.png"
+    return atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=100, bbox_inches="tight"))
+
+
+def record_result(key, folder=None, **fields):
+    """Add or replace one entry (e.g. ``"3b"``) of the results file; returns the whole results dict."""
+    results = load_results(folder)
+    results[key] = fields
+    text = json.dumps(results, indent=2, sort_keys=True) + "\n"
+    atomic_write(output_dir(folder) / RESULTS_FILE, lambda f: f.write(text.encode()))
+    return results
+
+
+def load_results(folder=None):
+    path = output_dir(folder) / RESULTS_FILE
+    return json.loads(path.read_text()) if path.exists() else {}
+
+
+def format_table(rows, columns):
+    """A plain-text table: ``rows`` are dicts, ``columns`` [(key, header), ...]; floats in 0..1 as %."""
+    def cell(v):
+        if isinstance(v, float) and 0.0 <= v <= 1.0:
+            return f"{100 * v:.2f} %"
+        return "-" if v is None else str(v)
+
+    cells = [[cell(r.get(k)) for k, _ in columns] for r in rows]
+    widths = [max(len(h), *(len(c[i]) for c in cells)) if cells else len(h) for i, (_, h) in enumerate(columns)]
+    line = lambda values: "  ".join(v.ljust(w) for v, w in zip(values, widths)).rstrip()
+    out = [line([h for _, h in columns]), line(["-" * w for w in widths])]
+    return "\n".join(out + [line(c) for c in cells])

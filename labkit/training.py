@@ -1,0 +1,122 @@
+"""Task 3: training with the triplet loss, class-mean representations and nearest-mean evaluation.
+
+Every function takes any iterable of batches: the course's ``DataLoader`` or labkit's on-device
+``TripletBatches`` / ``ImageBatches`` (see ``labkit.loaders``). Image batches may be (images, target)
+or (anchor, positive, negative, target); the first and last entries are used.
+"""
+import math
+import os
+import time
+
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from labkit.device import autocast, pick_device
+
+PROGRESS_ENV = "LABKIT_PROGRESS"
+
+
+def progress_enabled(progress=None):
+    """Progress bars on unless switched off by the argument or ``LABKIT_PROGRESS=0``."""
+    if progress is not None:
+        return bool(progress)
+    return os.environ.get(PROGRESS_ENV, "1").lower() not in ("0", "false", "no", "off")
+
+
+def train(model, optimizer, loader, device=None, *, progress=None, log=True, amp=True, desc="train"):
+    """One epoch of triplet training; returns the mean loss over its batches."""
+    device = pick_device(device)
+    model.train()
+    total, batches, start = torch.zeros((), device=device), 0, time.perf_counter()
+    bar = tqdm(loader, desc=desc, disable=not progress_enabled(progress), leave=False)
+    for anchor, positive, negative, _ in bar:
+        with autocast(device, amp):
+            loss = model.loss(anchor.to(device), positive.to(device), negative.to(device))
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        total += loss.detach().float()  # stays on the device: no synchronisation per step
+        batches += 1
+        if batches % 50 == 0:
+            bar.set_postfix(loss=f"{total.item() / batches:.4f}")
+    if batches == 0:
+        raise ValueError("the loader gave no batches: is the dataset smaller than one batch (drop_last)?")
+    mean_loss = total.item() / batches
+    if log:
+        print(f"{desc}: mean loss {mean_loss:.4f} over {batches} batches ({time.perf_counter() - start:.1f} s)")
+    return mean_loss
+
+
+@torch.inference_mode()
+def embed(model, loader, device=None, *, progress=None, amp=True, desc="embed"):
+    """Features of every image in the loader, batch by batch: (N, D) float32 and (N,) targets, on the device."""
+    device = pick_device(device)
+    model.eval()
+    feats, targets = [], []
+    for batch in tqdm(loader, desc=desc, disable=not progress_enabled(progress), leave=False):
+        feats.append(_features(model, batch[0], device, amp))
+        targets.append(torch.as_tensor(batch[-1]).to(device))
+    if not feats:
+        raise ValueError("the loader gave no batches")
+    return torch.cat(feats), torch.cat(targets)
+
+
+@torch.inference_mode()
+def compute_representations(model, loader, num_classes=10, emb_size=None, device=None, *, progress=None, amp=True):
+    """Class means of the embeddings, each scaled to unit L2 norm: (num_classes, emb_size).
+
+    A class without any image in the loader gets a row of NaN: no query is ever assigned to it.
+    """
+    device = pick_device(device)
+    model.eval()
+    sums, counts = None, torch.zeros(num_classes, device=device)
+    bar = tqdm(loader, desc="class means", disable=not progress_enabled(progress), leave=False)
+    for batch in bar:
+        feats = _features(model, batch[0], device, amp)  # (B, D)
+        targets = torch.as_tensor(batch[-1]).to(device)
+        if sums is None:
+            if emb_size is not None and feats.shape[1] != emb_size:
+                raise ValueError(f"the model gives {feats.shape[1]}-dim features but emb_size={emb_size}; "
+                                 f"pass emb_size={feats.shape[1]} (IdentityModel: 28 * 28 = 784)")
+            sums = torch.zeros(num_classes, feats.shape[1], device=device)
+        if targets.min() < 0 or targets.max() >= num_classes:
+            raise ValueError(f"targets must lie in 0..{num_classes - 1}, got {targets.min()}..{targets.max()}")
+        sums.index_add_(0, targets, feats)
+        counts += torch.bincount(targets, minlength=num_classes)
+    if sums is None:
+        raise ValueError("the loader gave no batches")
+    means = sums / counts.clamp(min=1).unsqueeze(1)
+    means = F.normalize(means, dim=1)
+    means[counts == 0] = math.nan
+    return means
+
+
+def nearest_mean(representations, features):
+    """Class of the nearest representation (squared L2) for each L2-normalised feature row: (B,)."""
+    queries = F.normalize(features.float(), dim=1)  # each query on its own, whatever the batch size
+    # the direct formula, not the matmul shortcut: a query's distances must not depend on its batch
+    dist = torch.cdist(queries, representations.to(queries.device), compute_mode="donot_use_mm_for_euclid_dist")
+    dist = dist.nan_to_num(nan=math.inf)
+    return dist.argmin(dim=1)
+
+
+@torch.inference_mode()
+def evaluate(model, representations, loader, device=None, *, progress=None, amp=True):
+    """Top-1 accuracy of the nearest-class-mean rule over the loader."""
+    device = pick_device(device)
+    model.eval()
+    correct, total = 0, 0
+    for batch in tqdm(loader, desc="evaluate", disable=not progress_enabled(progress), leave=False):
+        preds = nearest_mean(representations, _features(model, batch[0], device, amp))
+        targets = torch.as_tensor(batch[-1]).to(device)
+        correct += (preds == targets).sum().item()
+        total += len(targets)
+    if total == 0:
+        raise ValueError("the loader gave no batches")
+    return correct / total
+
+
+def _features(model, images, device, amp):
+    with autocast(device, amp):
+        return model.get_features(images.to(device, non_blocking=True)).float()

@@ -1,0 +1,30 @@
+"""Small synthetic datasets and idx files for the tests (no dependence on the bundled data)."""
+import gzip
+import struct
+
+import torch
+
+from labkit.dataset import MNISTMetricDataset
+
+
+def tiny_digits(per_class=(5, 3, 4, 2, 6, 3, 2, 4, 5, 3), seed=0):
+    """uint8 images (N, 28, 28) and int64 targets with the given count per class, shuffled."""
+    g = torch.Generator().manual_seed(seed)
+    targets = torch.cat([torch.full((n,), c) for c, n in enumerate(per_class)])
+    targets = targets[torch.randperm(len(targets), generator=g)]
+    images = torch.randint(0, 256, (len(targets), 28, 28), generator=g, dtype=torch.uint8)
+    return images, targets
+
+
+def tiny_dataset(split="train", remove_class=None, **kwargs):
+    images, targets = tiny_digits(**kwargs)
+    return MNISTMetricDataset.from_tensors(images, targets, split=split, remove_class=remove_class)
+
+
+def write_idx(path, array, compress=False):
+    """Write a uint8 tensor in the idx format (magic 0x0000 08 ndim, big-endian sizes, raw bytes)."""
+    header = bytes([0, 0, 0x08, array.dim()]) + b"".join(struct.pack(">I", s) for s in array.shape)
+    data = header + array.contiguous().numpy().tobytes()
+    opener = gzip.open if compress else open
+    with opener(path, "wb") as f:
+        f.write(data)
