@@ -89,3 +89,43 @@ def check_identity(model_cls):
     feats = model_cls().get_features(x)
     _line(feats.shape == (8, 784) and torch.equal(feats, x.reshape(8, -1)),
                  "IdentityModel: (8, 1, 28, 28) → (8, 784), the pixels themselves")
+
+
+def check_representations(representations):
+    """Task 3a: one unit-length class mean per class that has images."""
+    seen = ~representations.isnan().any(dim=1)
+    norms = representations[seen].norm(dim=1)
+    _line(representations.dim() == 2 and representations.shape[0] == 10, "one representation per class, (10, D)")
+    _line(bool(torch.allclose(norms, torch.ones_like(norms), atol=1e-5)), "class means are unit vectors")
+
+
+def check_batch_invariance(model, representations, dataset, device=None, n=300):
+    """Task 3a: the accuracy must not depend on the evaluation batch size."""
+    from labkit.loaders import image_loader
+    from labkit.training import evaluate
+
+    subset = type(dataset).from_tensors(dataset.images[:n], dataset.targets[:n], split="test")
+    accs = [evaluate(model, representations, image_loader(subset, b, device=device), device, progress=False)
+            for b in (1, 512)]
+    _line(accs[0] == accs[1], "evaluate gives the same accuracy with batch size 1 and 512")
+
+
+def check_better(accuracy, baseline, what, than):
+    _line(accuracy > baseline, f"{what} classifies better than {than}")
+
+
+def check_reload(accuracy, reloaded_accuracy):
+    """Task 3d: a checkpoint reproduces the model exactly."""
+    _line(accuracy == reloaded_accuracy, "the reloaded model gives the same accuracy")
+
+
+def check_unseen(class_accuracy, digit=0, chance=0.1):
+    """Task 3e: a digit never trained on is still recognised far above chance."""
+    _line(class_accuracy > 3 * chance, f"digit {digit}, never seen in training, is recognised far above chance "
+                                       f"(more than {3 * chance:.0%} of its test images)")
+
+
+def check_separation(image_ratio, feature_ratios):
+    """Task 4: classes separate better in the learned spaces than in pixel space (2-D PCA)."""
+    _line(all(r > image_ratio for r in feature_ratios),
+          "in 2-D PCA the digits separate better in every feature space than in image space")

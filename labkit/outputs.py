@@ -57,14 +57,18 @@ def load_results(folder=None):
 
 
 def format_table(rows, columns):
-    """A plain-text table: ``rows`` are dicts, ``columns`` [(key, header), ...]; floats in 0..1 as %."""
-    def cell(v):
-        if isinstance(v, float) and 0.0 <= v <= 1.0:
-            return f"{100 * v:.2f} %"
-        return "-" if v is None else str(v)
+    """A plain-text table. ``rows`` are dicts; ``columns`` are (key, header) or (key, header, format)
+    with a format such as ``"{:.2%}"``. Missing values show as ``-``."""
+    def cell(row, column):
+        key, fmt = column[0], (column[2] if len(column) > 2 else "{}")
+        value = row.get(key)
+        return "-" if value is None else fmt.format(value)
 
-    cells = [[cell(r.get(k)) for k, _ in columns] for r in rows]
-    widths = [max(len(h), *(len(c[i]) for c in cells)) if cells else len(h) for i, (_, h) in enumerate(columns)]
-    line = lambda values: "  ".join(v.ljust(w) for v, w in zip(values, widths)).rstrip()
-    out = [line([h for _, h in columns]), line(["-" * w for w in widths])]
-    return "\n".join(out + [line(c) for c in cells])
+    cells = [[cell(r, c) for c in columns] for r in rows]
+    headers = [c[1] for c in columns]
+    widths = [max([len(h)] + [len(row[i]) for row in cells]) for i, h in enumerate(headers)]
+
+    def line(values):
+        return "  ".join(v.ljust(w) for v, w in zip(values, widths)).rstrip()
+
+    return "\n".join([line(headers), line(["-" * w for w in widths])] + [line(row) for row in cells])

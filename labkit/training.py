@@ -4,14 +4,13 @@ Every function takes any iterable of batches: the course's ``DataLoader`` or lab
 ``TripletBatches`` / ``ImageBatches`` (see ``labkit.loaders``). Image batches may be (images, target)
 or (anchor, positive, negative, target); the first and last entries are used.
 """
-import math
 import os
 import time
 
 import torch
-import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from labkit.classify import means_from_sums, nearest_mean
 from labkit.device import autocast, pick_device
 
 PROGRESS_ENV = "LABKIT_PROGRESS"
@@ -86,19 +85,7 @@ def compute_representations(model, loader, num_classes=10, emb_size=None, device
         counts += torch.bincount(targets, minlength=num_classes)
     if sums is None:
         raise ValueError("the loader gave no batches")
-    means = sums / counts.clamp(min=1).unsqueeze(1)
-    means = F.normalize(means, dim=1)
-    means[counts == 0] = math.nan
-    return means
-
-
-def nearest_mean(representations, features):
-    """Class of the nearest representation (squared L2) for each L2-normalised feature row: (B,)."""
-    queries = F.normalize(features.float(), dim=1)  # each query on its own, whatever the batch size
-    # the direct formula, not the matmul shortcut: a query's distances must not depend on its batch
-    dist = torch.cdist(queries, representations.to(queries.device), compute_mode="donot_use_mm_for_euclid_dist")
-    dist = dist.nan_to_num(nan=math.inf)
-    return dist.argmin(dim=1)
+    return means_from_sums(sums, counts)
 
 
 @torch.inference_mode()
@@ -120,3 +107,20 @@ def evaluate(model, representations, loader, device=None, *, progress=None, amp=
 def _features(model, images, device, amp):
     with autocast(device, amp):
         return model.get_features(images.to(device, non_blocking=True)).float()
+
+
+def fit(model, optimizer, train_batches, mean_batches, test_batches, epochs, device=None, *, num_classes=10,
+        progress=None, log=True):
+    """Train for ``epochs``; after each, class means over ``mean_batches`` and accuracy on ``test_batches``.
+
+    Returns one dict per epoch with keys "epoch", "loss", "accuracy" and "representations" (the
+    class means that accuracy was measured with).
+    """
+    history = []
+    for epoch in range(1, epochs + 1):
+        loss = train(model, optimizer, train_batches, device, progress=progress, log=log,
+                     desc=f"epoch {epoch}/{epochs}")
+        reps = compute_representations(model, mean_batches, num_classes, device=device, progress=progress)
+        acc = evaluate(model, reps, test_batches, device, progress=progress)
+        history.append({"epoch": epoch, "loss": loss, "accuracy": acc, "representations": reps})
+    return history

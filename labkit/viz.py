@@ -83,3 +83,16 @@ def plot_pca_panels(panels, targets, unseen_class=None):
     axes[0][-1].legend(title="digit", loc="center left", bbox_to_anchor=(1.0, 0.5), fontsize=8, markerscale=1.5)
     fig.tight_layout()
     return fig
+
+
+def separation(points, targets):
+    """How well classes separate in a projection: between-class over within-class variance (Fisher ratio)."""
+    x = torch.as_tensor(points).float().cpu()
+    y = torch.as_tensor(targets).cpu()
+    overall = x.mean(0)
+    between = within = 0.0
+    for c in y.unique():
+        xc = x[y == c]
+        between += len(xc) * (xc.mean(0) - overall).pow(2).sum().item()
+        within += (xc - xc.mean(0)).pow(2).sum().item()
+    return between / within

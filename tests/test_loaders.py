@@ -1,0 +1,90 @@
+from collections import Counter
+
+import pytest
+import torch
+from torch.utils.data import DataLoader
+
+from labkit.loaders import ImageBatches, TripletBatches, image_loader, triplet_loader
+from tests.helpers import tiny_dataset
+
+
+def test_triplet_batches_follow_the_class_rules_over_many_draws():
+    ds = tiny_dataset(remove_class=5)
+    batches = TripletBatches(ds, batch_size=8, seed=0)
+    pos_pairs, neg_classes = Counter(), Counter()
+    for _ in range(300):
+        anchors = torch.randint(len(ds), (64,))
+        pos, neg = batches.sample(anchors)
+        ya, yp, yn = ds.targets[anchors], ds.targets[pos], ds.targets[neg]
+        assert (yp == ya).all() and (pos != anchors).all()
+        assert (yn != ya).all() and (yn != 5).all()
+        pos_pairs.update(zip(anchors.tolist(), pos.tolist()))
+        neg_classes.update(yn[ya == 4].tolist())
+    # positives: for one anchor, every other image of its class, about equally often
+    anchor = ds.target2indices[4][0]
+    draws = {p: n for (a, p), n in pos_pairs.items() if a == anchor}
+    assert set(draws) == set(ds.target2indices[4]) - {anchor}
+    # negatives of class-4 anchors: each of the 8 other remaining classes about equally often
+    assert set(neg_classes) == set(ds.classes) - {4}
+    total = sum(neg_classes.values())
+    assert all(abs(n / total - 1 / 8) < 0.03 for n in neg_classes.values()), neg_classes
+
+
+def test_fast_and_course_sampling_have_the_same_distribution():
+    ds = tiny_dataset()
+    anchor = ds.target2indices[2][1]
+    n = 9000
+    torch.manual_seed(0)
+    course = Counter(ds.targets[ds._sample_negative(anchor)].item() for _ in range(n))
+    fast_neg = TripletBatches(ds, seed=1).sample(torch.full((n,), anchor))[1]
+    fast = Counter(ds.targets[fast_neg].tolist())
+    assert set(course) == set(fast)
+    for c in course:  # both about n / 9 = 1000; their difference has sd about 45
+        assert abs(course[c] - fast[c]) < 250
+
+
+def test_an_epoch_visits_each_anchor_once_and_drops_the_last_partial_batch():
+    ds = tiny_dataset()  # 37 images
+    batches = TripletBatches(ds, batch_size=8, seed=0)
+    seen = []
+    for anchor, positive, negative, target in batches:
+        assert anchor.shape == positive.shape == negative.shape == (8, 1, 28, 28)
+        seen.append(target)
+    assert len(seen) == len(batches) == 37 // 8
+    ids = torch.cat([a.flatten(1) for a, *_ in TripletBatches(ds, batch_size=37, seed=0)])
+    assert len(torch.unique(ids, dim=0)) == 37
+
+
+def test_same_seed_same_batches():
+    ds = tiny_dataset()
+    a = [t for *_, t in TripletBatches(ds, 8, seed=3)]
+    b = [t for *_, t in TripletBatches(ds, 8, seed=3)]
+    assert all(torch.equal(x, y) for x, y in zip(a, b))
+
+
+def test_image_batches_cover_the_dataset_in_order():
+    ds = tiny_dataset("test")
+    images = torch.cat([x for x, _ in ImageBatches(ds, batch_size=10)])
+    assert torch.equal(images[:, 0], ds.images)
+    assert len(ImageBatches(ds, 10)) == 4
+
+
+def test_switch_between_fast_and_course_paths():
+    train = tiny_dataset()
+    assert isinstance(triplet_loader(train, 8, fast=True), TripletBatches)
+    course = triplet_loader(train, 8, fast=False, num_workers=0)
+    assert isinstance(course, DataLoader) and course.drop_last
+    assert len(next(iter(course))) == 4
+    # image batches from a training set give (image, target), not triplets
+    for fast in (True, False):
+        images, targets = next(iter(image_loader(train, 5, fast=fast)))
+        assert images.shape == (5, 1, 28, 28) and targets.shape == (5,)
+
+
+def test_bad_arguments():
+    with pytest.raises(ValueError, match="split='test'"):
+        triplet_loader(tiny_dataset("test"))
+    with pytest.raises(ValueError, match="batch_size must be a positive int"):
+        TripletBatches(tiny_dataset(), batch_size=0)
+    with pytest.raises(ValueError, match="batch_size"):
+        image_loader(tiny_dataset("test"), batch_size=2.5)
