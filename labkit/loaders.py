@@ -69,7 +69,7 @@ class TripletBatches:
 class ImageBatches:
     """Iterable of (images (B, 1, 28, 28), targets) over a dataset held on the device, in order."""
 
-    def __init__(self, dataset, batch_size=1024, device=None):
+    def __init__(self, dataset, batch_size=256, device=None):
         _check_batch_size(batch_size)
         self.device = pick_device(device)
         self.batch_size = batch_size
@@ -95,7 +95,7 @@ def triplet_loader(dataset, batch_size=64, fast=True, device=None, seed=None, nu
                       generator=generator, persistent_workers=num_workers > 0)
 
 
-def image_loader(dataset, batch_size=1024, fast=True, device=None, num_workers=0):
+def image_loader(dataset, batch_size=256, fast=True, device=None, num_workers=0):
     """Evaluation batches of (images, targets) in dataset order, from any split."""
     if fast:
         return ImageBatches(_as_plain(dataset), batch_size, device=device)

@@ -1,0 +1,292 @@
+"""Course pipeline vs labkit's fast path: the whole lab (3b + 3c + 3e), timed stage by stage.
+
+    python benchmarks/bench_pipeline.py [--data auto|fashion|sample] [--seeds 3] [--epochs 3]
+
+Both pipelines run in this one process on the same data and settings (batch 64, emb 32, Adam 1e-3,
+class means and test accuracy after every epoch, as the course's script does) and are printed side
+by side: seconds per stage (mean over seeds), the ratio, peak memory and accuracies (mean ± sd).
+Default data: full Fashion-MNIST from Debian's ``dataset-fashion-mnist`` package when installed
+(MNIST's format and size; MNIST itself cannot be downloaded everywhere), else the bundled sample.
+"""
+import argparse
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from collections import defaultdict
+from contextlib import contextmanager
+from pathlib import Path
+
+import torch
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import course_pipeline as course  # noqa: E402
+from labkit import training  # noqa: E402
+from labkit.data import load_digits, load_idx_digits  # noqa: E402
+from labkit.dataset import MNISTMetricDataset  # noqa: E402
+from labkit.device import pick_device, prepare_model  # noqa: E402
+from labkit.loaders import image_loader, triplet_loader  # noqa: E402
+from labkit.model import IdentityModel, SimpleMetricEmbedding  # noqa: E402
+
+FASHION_DIR = Path("/usr/share/datasets/fashion-mnist")
+STAGES = ("train", "class means", "evaluate")
+
+
+# ---------------------------------------------------------------- data
+def fashion_dir():
+    """Where Debian's dataset-fashion-mnist put its idx files, or None."""
+    try:
+        files = subprocess.run(["dpkg", "-L", "dataset-fashion-mnist"], capture_output=True, text=True,
+                               timeout=10).stdout.split()
+        found = [Path(f).parent for f in files if f.endswith("train-images-idx3-ubyte.gz")]
+        return found[0] if found else None
+    except (OSError, subprocess.SubprocessError):
+        return FASHION_DIR if FASHION_DIR.exists() else None
+
+
+def load_data(kind, limit=None):
+    if kind in ("auto", "fashion") and fashion_dir():
+        folder = fashion_dir()
+        train, test = load_idx_digits(folder, True, "fashion-mnist"), load_idx_digits(folder, False, "fashion-mnist")
+        name = f"Fashion-MNIST from {folder}"
+    elif kind == "fashion":
+        sys.exit("Fashion-MNIST not found: install it with `apt-get install dataset-fashion-mnist`, or use --data sample")
+    else:
+        train, test = load_digits(train=True, source="sample"), load_digits(train=False, source="sample")
+        name = "bundled MNIST sample"
+    if limit:  # a smaller run for smoke tests: the first images (both files are in random class order)
+        train, test = [type(d)(d.images[:limit], d.targets[:limit], d.source) for d in (train, test)]
+    return name, train, test
+
+
+def datasets(train, test, remove_class=None):
+    ds_train = MNISTMetricDataset.from_tensors(train.images, train.targets, "train", remove_class, train.source)
+    ds_test = MNISTMetricDataset.from_tensors(test.images, test.targets, "test", None, test.source)
+    return ds_train, ds_test
+
+
+# ---------------------------------------------------------------- measuring
+class Timer:
+    """Accumulates seconds per stage; synchronises CUDA so a stage's time is its own."""
+
+    def __init__(self, device):
+        self.device, self.seconds = device, defaultdict(float)
+
+    @contextmanager
+    def __call__(self, stage):
+        self._sync()
+        start = time.perf_counter()
+        yield
+        self._sync()
+        self.seconds[stage] += time.perf_counter() - start
+
+    def _sync(self):
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+
+
+def rss_bytes():
+    """Resident memory of this process and its children (DataLoader workers), from /proc."""
+    def rss(pid):
+        try:
+            with open(f"/proc/{pid}/status") as f:
+                return next(int(line.split()[1]) * 1024 for line in f if line.startswith("VmRSS:"))
+        except (OSError, StopIteration):
+            return 0
+
+    pids = [os.getpid()]
+    for task in Path(f"/proc/{os.getpid()}/task").glob("*/children"):
+        pids += [int(p) for p in task.read_text().split()]
+    return sum(rss(p) for p in pids)
+
+
+@contextmanager
+def peak_memory(device, out):
+    """Peak memory above the starting point while the block runs: host RSS sampled every 20 ms, and
+    on CUDA the allocator's peak. Stores MB in out["host"] and out["cuda"]."""
+    start, peak, done = rss_bytes(), [0], threading.Event()
+
+    def sample():
+        while not done.wait(0.02):
+            peak[0] = max(peak[0], rss_bytes())
+
+    thread = threading.Thread(target=sample, daemon=True)
+    thread.start()
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+        cuda_start = torch.cuda.memory_allocated(device)
+    try:
+        yield
+    finally:
+        done.set()
+        thread.join()
+        out["host"] = max(0, max(peak[0], rss_bytes()) - start) / 2**20
+        if device.type == "cuda":
+            out["cuda"] = (torch.cuda.max_memory_allocated(device) - cuda_start) / 2**20
+
+
+# ---------------------------------------------------------------- the two pipelines
+def lab_course(train, test, seed, epochs, device, timer, workers):
+    """3b, 3c, 3e the course's way; returns the three accuracies."""
+    acc = {}
+    ds_all, ds_test = datasets(train, test)
+    all_loader, test_loader = course.loaders(ds_all, ds_test, workers, seed)
+    for task, remove in (("3b", None), ("3e", 0)):
+        torch.manual_seed(seed)
+        ds_train, _ = datasets(train, test, remove)
+        train_loader = all_loader if remove is None else course.loaders(ds_train, ds_test, workers, seed)[0]
+        model = SimpleMetricEmbedding(1, 32).to(device)
+        optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+        for _ in range(epochs):
+            with timer("train"):
+                course.train(model, optimizer, train_loader, device)
+            with timer("class means"):  # from a triplet loader over all digits, as the course does
+                reps = course.compute_representations(model, all_loader, 10, 32, device)
+            with timer("evaluate"):
+                acc[task] = course.evaluate(model, reps, test_loader, device)
+    identity = IdentityModel().to(device)
+    with timer("class means"):
+        reps = course.compute_representations(identity, all_loader, 10, 784, device)
+    with timer("evaluate"):
+        acc["3c"] = course.evaluate(identity, reps, test_loader, device)
+    return acc
+
+
+def lab_fast(train, test, seed, epochs, device, timer):
+    """3b, 3c, 3e with labkit's defaults: on-device batches, channels_last, batched evaluation."""
+    acc = {}
+    ds_all, ds_test = datasets(train, test)
+    mean_batches, test_batches = image_loader(ds_all, device=device), image_loader(ds_test, device=device)
+    quiet = dict(progress=False)
+    for task, remove in (("3b", None), ("3e", 0)):
+        torch.manual_seed(seed)
+        ds_train, _ = datasets(train, test, remove)
+        batches = triplet_loader(ds_train, 64, device=device, seed=seed)
+        model = prepare_model(SimpleMetricEmbedding(1, 32), device)
+        optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+        for _ in range(epochs):
+            with timer("train"):
+                training.train(model, optimizer, batches, device, log=False, **quiet)
+            with timer("class means"):
+                reps = training.compute_representations(model, mean_batches, 10, 32, device, **quiet)
+            with timer("evaluate"):
+                acc[task] = training.evaluate(model, reps, test_batches, device, **quiet)
+    identity = IdentityModel()
+    with timer("class means"):
+        reps = training.compute_representations(identity, mean_batches, 10, 784, device, **quiet)
+    with timer("evaluate"):
+        acc["3c"] = training.evaluate(identity, reps, test_batches, device, **quiet)
+    return acc
+
+
+def _embed_peak(n, data, device_name, queue):
+    """In a fresh process: extra peak RSS (MB) to embed n images of ``data`` in batches."""
+    from labkit.data import resolve_source
+
+    resolve_source(source="sample", verbose=False)
+    device = torch.device(device_name)
+    name, train, _ = load_data(data)
+    model = prepare_model(SimpleMetricEmbedding(1, 32), device)
+    images = train.images.float().div(255)
+    reps = -(-n // len(images))
+    ds = MNISTMetricDataset.from_tensors(images.repeat(reps, 1, 1)[:n], train.targets.repeat(reps)[:n], "test")
+    batches = image_loader(ds, device=device)
+    del images
+    Path("/proc/self/clear_refs").write_text("5")  # Linux: reset the peak (VmHWM) to the current RSS
+    before = _status_kb("VmRSS")
+    feats, _ = training.embed(model, batches, device, progress=False)
+    queue.put(((_status_kb("VmHWM") - before) / 1024, tuple(feats.shape)))
+
+
+def _status_kb(field):
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith(field + ":"))
+
+
+def embedding_memory(data, device, sizes=(10_000, 35_000, 70_000)):
+    """Extra peak memory to embed N images in batches, each N in its own process (the images
+    themselves are loaded before the measurement starts)."""
+    import multiprocessing
+
+    ctx = multiprocessing.get_context("spawn")
+    rows = []
+    for n in sizes:
+        queue = ctx.Queue()
+        proc = ctx.Process(target=_embed_peak, args=(n, data, str(device), queue))
+        proc.start()
+        rows.append((n, *queue.get(timeout=600)))
+        proc.join()
+    return rows
+
+
+# ---------------------------------------------------------------- report
+def mean_sd(values, scale=1.0, digits=1):
+    m = statistics.mean(values) * scale
+    sd = statistics.stdev(values) * scale if len(values) > 1 else 0.0
+    return f"{m:.{digits}f} ± {sd:.{digits}f}"
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data", choices=("auto", "fashion", "sample"), default="auto")
+    parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument("--epochs", type=int, default=3)
+    parser.add_argument("--workers", type=int, default=4, help="DataLoader workers of the course pipeline")
+    parser.add_argument("--limit", type=int, default=None, help="use only the first N images of each split")
+    parser.add_argument("--device", default=None)
+    args = parser.parse_args()
+
+    device = pick_device(args.device)
+    name, train, test = load_data(args.data, args.limit)
+    print(f"data: {name} ({len(train.targets)} train / {len(test.targets)} test images)")
+    cpu = platform.processor() or platform.machine()
+    gpu = f", {torch.cuda.get_device_name(device)}" if device.type == "cuda" else ""
+    print(f"machine: {os.cpu_count()} CPUs ({cpu}){gpu}; device {device}; torch {torch.__version__}, "
+          f"{torch.get_num_threads()} threads; settings: {args.epochs} epochs, batch 64, emb 32, Adam 1e-3; "
+          f"seeds 0..{args.seeds - 1}", flush=True)
+
+    results = {}
+    for label, run in (("course", lambda s, t: lab_course(train, test, s, args.epochs, device, t, args.workers)),
+                       ("fast", lambda s, t: lab_fast(train, test, s, args.epochs, device, t))):
+        runs = []
+        for seed in range(args.seeds):
+            timer, mem = Timer(device), {}
+            start = time.perf_counter()
+            with peak_memory(device, mem):
+                acc = run(seed, timer)
+            runs.append(dict(seconds=dict(timer.seconds), total=time.perf_counter() - start, acc=acc, mem=mem))
+            print(f"  {label} seed {seed}: {runs[-1]['total']:.1f} s, "
+                  + ", ".join(f"{k} {v:.2%}" for k, v in sorted(acc.items())), flush=True)
+        results[label] = runs
+
+    def avg(label, key):
+        return statistics.mean(r["seconds"].get(key, 0.0) if key != "total" else r["total"] for r in results[label])
+
+    print(f"\n{'per seed (mean)':<30}{'course':>16}{'fast':>16}{'speed-up':>10}")
+    for stage in STAGES + ("total",):
+        c, f = avg("course", stage), avg("fast", stage)
+        title = "whole lab (3b+3c+3e)" if stage == "total" else f"{stage} (s)"
+        print(f"{title:<30}{c:>16.1f}{f:>16.1f}{c / f:>9.1f}x")
+    for kind in ("host", "cuda"):
+        if kind in results["fast"][0]["mem"]:
+            c = max(r["mem"][kind] for r in results["course"])
+            f = max(r["mem"][kind] for r in results["fast"])
+            print(f"{'peak ' + kind + ' memory (MB, +start)':<30}{c:>16.0f}{f:>16.0f}")
+    for task in ("3b", "3c", "3e"):
+        c = [r["acc"][task] for r in results["course"]]
+        f = [r["acc"][task] for r in results["fast"]]
+        print(f"{'accuracy ' + task + ' (%)':<30}{mean_sd(c, 100, 2):>16}{mean_sd(f, 100, 2):>16}")
+
+    print("\nembedding N images in batches of 256, each in a fresh process (peak RSS above the loaded data):")
+    for n, extra_mb, shape in embedding_memory(args.data, device):
+        print(f"  N = {n:>6}: {extra_mb:6.0f} MB  (features {shape})")
+
+
+if __name__ == "__main__":
+    main()
