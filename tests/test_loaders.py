@@ -88,3 +88,22 @@ def test_bad_arguments():
         TripletBatches(tiny_dataset(), batch_size=0)
     with pytest.raises(ValueError, match="batch_size"):
         image_loader(tiny_dataset("test"), batch_size=2.5)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_fast_path_on_cuda_keeps_the_rules_and_trains_in_mixed_precision():
+    from labkit.device import prepare_model
+    from labkit.model import SimpleMetricEmbedding
+    from labkit.training import train
+
+    ds = tiny_dataset()
+    batches = TripletBatches(ds, batch_size=8, device="cuda", seed=0)
+    anchors = torch.randint(len(ds), (4096,), device="cuda")
+    pos, neg = batches.sample(anchors)
+    targets = batches.targets
+    assert (targets[pos] == targets[anchors]).all() and (pos != anchors).all()
+    assert (targets[neg] != targets[anchors]).all()
+    model = prepare_model(SimpleMetricEmbedding(1, 16), "cuda")
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+    loss = train(model, optimizer, batches, "cuda", progress=False, log=False)
+    assert 0 < loss < 2 and all(p.dtype == torch.float32 for p in model.parameters())
