@@ -6,7 +6,7 @@ import os
 import tempfile
 
 _scratch = tempfile.mkdtemp(prefix="labkit-tests-")
-os.environ.setdefault("LABKIT_DATA", "sample")
+os.environ["LABKIT_DATA"] = "sample"  # tests and CI always use the bundled sample
 os.environ["LABKIT_PROGRESS"] = "0"
 os.environ["LABKIT_DEVICE"] = os.environ.get("LABKIT_TEST_DEVICE", "cpu")
 os.environ["LABKIT_OUTPUT"] = os.path.join(_scratch, "out")

@@ -11,12 +11,13 @@ import torch.nn.functional as F
 def class_means(features, targets, num_classes=10, normalize=True):
     """Mean feature of each class, (num_classes, D); unit-normalised if ``normalize``. Empty classes: NaN."""
     features = features.float()
-    sums = torch.zeros(num_classes, features.shape[1], device=features.device).index_add_(0, targets, features)
-    return means_from_sums(sums, torch.bincount(targets, minlength=num_classes), normalize)
+    one_hot = F.one_hot(targets, num_classes).float()  # (N, K); a matmul is deterministic on CUDA too
+    return means_from_sums(one_hot.T @ features, one_hot.sum(0), normalize)
 
 
 def means_from_sums(sums, counts, normalize=True):
     """Class means from per-class feature sums (K, D) and counts (K,); NaN rows for empty classes."""
+    # means = sums / counts, each row scaled to unit L2 norm if normalize (F.normalize)
     # BEGIN SOLUTION
     means = sums / counts.clamp(min=1).unsqueeze(1)
     if normalize:

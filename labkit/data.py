@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 from urllib.parse import urlparse
+from urllib.request import getproxies
 
 import numpy as np
 import torch
@@ -118,10 +119,11 @@ def _download_mnist(root):
     """Try torchvision's download; return None on success or a short description of the problem."""
     from torchvision.datasets import MNIST
 
-    mirrors = [urlparse(m) for m in MNIST.mirrors]
-    if not any(_reachable(m.hostname, m.port or (443 if m.scheme == "https" else 80), PROBE_TIMEOUT_S)
-               for m in mirrors):
-        return "no network: no MNIST mirror answered"
+    proxies = getproxies()  # behind a proxy the proxy is what must answer
+    targets = [urlparse(proxies.get(m.scheme) or m.geturl()) for m in map(urlparse, MNIST.mirrors)]
+    if not any(_reachable(t.hostname, t.port or (443 if t.scheme == "https" else 80), PROBE_TIMEOUT_S)
+               for t in targets):
+        return "no network: no MNIST mirror answered" + (" (nor the proxy)" if proxies else "")
     previous = socket.getdefaulttimeout()
     socket.setdefaulttimeout(DOWNLOAD_TIMEOUT_S)
     try:

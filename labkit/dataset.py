@@ -1,4 +1,5 @@
 """Task 1: MNIST as triplets (anchor, positive, negative) for metric learning."""
+import operator
 from collections import defaultdict
 from numbers import Integral
 
@@ -43,6 +44,8 @@ class MNISTMetricDataset(Dataset):
         self.remove_class = _check_class(remove_class, self.classes)
 
         if self.remove_class is not None:
+            # Drop every image of self.remove_class from self.images and self.targets,
+            # and the class itself from self.classes.
             # BEGIN SOLUTION
             keep = self.targets != self.remove_class
             self.images, self.targets = self.images[keep], self.targets[keep]
@@ -63,6 +66,7 @@ class MNISTMetricDataset(Dataset):
 
     def _sample_positive(self, index):
         """Index of another image of the anchor's class, uniformly; never ``index`` itself."""
+        # Use self.target2indices and torch.randint; return an int.
         # BEGIN SOLUTION
         same = self.target2indices[self.targets[index].item()]
         j = torch.randint(len(same) - 1, ()).item()  # one of the first n-1 slots...
@@ -71,6 +75,7 @@ class MNISTMetricDataset(Dataset):
 
     def _sample_negative(self, index):
         """Index of an image of another class: the class uniformly, then an image of it uniformly."""
+        # Choose among self.classes (a removed class is no longer there); return an int.
         # BEGIN SOLUTION
         anchor_class = self.targets[index].item()
         others = [c for c in self.classes if c != anchor_class]
@@ -79,6 +84,10 @@ class MNISTMetricDataset(Dataset):
         # END SOLUTION
 
     def __getitem__(self, index):
+        index = operator.index(index)
+        if not -len(self) <= index < len(self):
+            raise IndexError(f"index {index} is out of range for {len(self)} images")
+        index %= len(self)  # the samplers compare indices: -1 must become len - 1
         anchor = self.images[index].unsqueeze(0)  # (1, 28, 28)
         target = self.targets[index].item()
         if self.split != "train":

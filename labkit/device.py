@@ -31,3 +31,22 @@ def autocast(device, enabled=True):
     if enabled and device.type == "cuda":
         return torch.autocast("cuda", dtype=torch.bfloat16)
     return contextlib.nullcontext()
+
+
+def model_device(model, device=None):
+    """The device to run ``model`` on: ``device`` if given (it must hold the model's parameters),
+    else where the parameters are, else ``pick_device()`` for a model without parameters."""
+    param = next(model.parameters(), None)
+    if device is None:
+        return param.device if param is not None else pick_device()
+    device = pick_device(device)
+    if param is not None and _same(param.device, device) is False:
+        raise ValueError(f"the model is on {param.device} but device={str(device)!r} was asked for; "
+                         f"move it first with model.to({str(device)!r}) or labkit.device.prepare_model")
+    return device
+
+
+def _same(a, b):
+    if a.type != b.type:
+        return False
+    return a.index is None or b.index is None or a.index == b.index

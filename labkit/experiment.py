@@ -50,7 +50,8 @@ def train_embedding(settings=Settings(), device=None, root=None, source=None, pr
 
 
 def load_or_train(name, settings=Settings(), device=None, folder=None, source=None, progress=None):
-    """The checkpoint ``name`` if it exists and matches ``settings``, else train and save it.
+    """The checkpoint ``name`` if it exists (with the settings' emb_size and remove_class), else train
+    and save it. Other settings (epochs, seed, lr) are not compared: the meta returned tells them.
 
     Returns (model, meta, trained): ``trained`` says whether training ran. A checkpoint that exists
     but is unreadable or mismatched is never overwritten: its error is raised.

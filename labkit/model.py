@@ -13,6 +13,8 @@ class _BNReluConv(nn.Sequential):
 
     def __init__(self, num_maps_in, num_maps_out, k=3, bias=True):
         super().__init__()
+        # Append three layers with self.append(...): nn.GroupNorm (groups: _num_groups(num_maps_in)),
+        # nn.ReLU, and an nn.Conv2d of kernel k whose padding keeps the spatial size.
         # BEGIN SOLUTION
         self.append(nn.GroupNorm(_num_groups(num_maps_in), num_maps_in))
         self.append(nn.ReLU(inplace=True))
@@ -32,6 +34,8 @@ class SimpleMetricEmbedding(nn.Module):
         self.input_channels = input_channels
         self.emb_size = emb_size
         self.margin = margin
+        # self.net = nn.Sequential(block, pool, block, pool, block, global average pool), in this
+        # order (the notebooks walk through self.net layer by layer).
         # BEGIN SOLUTION
         self.net = nn.Sequential(
             _BNReluConv(input_channels, emb_size, k=3),  # (B, E, 28, 28)
@@ -46,6 +50,7 @@ class SimpleMetricEmbedding(nn.Module):
     def get_features(self, img):
         """(B, C, H, W) images -> (B, emb_size) embeddings."""
         _check_images(img, self.input_channels)
+        # x = the (B, emb_size) features of img
         # BEGIN SOLUTION
         x = self.net(img).flatten(1)  # (B, E); flatten keeps B = 1 where squeeze() would not
         # END SOLUTION
@@ -59,6 +64,7 @@ class SimpleMetricEmbedding(nn.Module):
         # One forward pass over all three: GroupNorm normalises each image on its own, so this is
         # the same as three passes, and faster.
         a_x, p_x, n_x = self.get_features(torch.cat([anchor, positive, negative])).chunk(3)
+        # loss = the batch mean of max(0, ||a_x - p_x|| - ||a_x - n_x|| + self.margin), a scalar
         # BEGIN SOLUTION
         eps = 1e-6  # as in torch.nn.PairwiseDistance: keeps the gradient finite when a == p
         d_pos = torch.linalg.vector_norm(a_x - p_x + eps, dim=1)
@@ -73,6 +79,7 @@ class IdentityModel(nn.Module):
 
     def get_features(self, img):
         _check_images(img, None)
+        # feats = the images flattened to (B, C * H * W)
         # BEGIN SOLUTION
         feats = img.flatten(1)
         # END SOLUTION

@@ -11,7 +11,7 @@ import torch
 from tqdm.auto import tqdm
 
 from labkit.classify import means_from_sums, nearest_mean
-from labkit.device import autocast, pick_device
+from labkit.device import autocast, model_device
 
 PROGRESS_ENV = "LABKIT_PROGRESS"
 
@@ -25,7 +25,7 @@ def progress_enabled(progress=None):
 
 def train(model, optimizer, loader, device=None, *, progress=None, log=True, amp=True, desc="train"):
     """One epoch of triplet training; returns the mean loss over its batches."""
-    device = pick_device(device)
+    device = model_device(model, device)
     model.train()
     total, batches, start = torch.zeros((), device=device), 0, time.perf_counter()
     bar = tqdm(loader, desc=desc, disable=not progress_enabled(progress), leave=False)
@@ -47,32 +47,32 @@ def train(model, optimizer, loader, device=None, *, progress=None, log=True, amp
     return mean_loss
 
 
-@torch.inference_mode()
-def embed(model, loader, device=None, *, progress=None, amp=True, desc="embed"):
+@torch.no_grad()  # not inference_mode: callers may use the features in autograd later
+def embed(model, loader, device=None, *, progress=None, desc="embed"):
     """Features of every image in the loader, batch by batch: (N, D) float32 and (N,) targets, on the device."""
-    device = pick_device(device)
+    device = model_device(model, device)
     model.eval()
     feats, targets = [], []
     for batch in tqdm(loader, desc=desc, disable=not progress_enabled(progress), leave=False):
-        feats.append(_features(model, batch[0], device, amp))
+        feats.append(_features(model, batch[0], device))
         targets.append(torch.as_tensor(batch[-1]).to(device))
     if not feats:
         raise ValueError("the loader gave no batches")
     return torch.cat(feats), torch.cat(targets)
 
 
-@torch.inference_mode()
-def compute_representations(model, loader, num_classes=10, emb_size=None, device=None, *, progress=None, amp=True):
+@torch.no_grad()
+def compute_representations(model, loader, num_classes=10, emb_size=None, device=None, *, progress=None):
     """Class means of the embeddings, each scaled to unit L2 norm: (num_classes, emb_size).
 
     A class without any image in the loader gets a row of NaN: no query is ever assigned to it.
     """
-    device = pick_device(device)
+    device = model_device(model, device)
     model.eval()
     sums, counts = None, torch.zeros(num_classes, device=device)
     bar = tqdm(loader, desc="class means", disable=not progress_enabled(progress), leave=False)
     for batch in bar:
-        feats = _features(model, batch[0], device, amp)  # (B, D)
+        feats = _features(model, batch[0], device)  # (B, D)
         targets = torch.as_tensor(batch[-1]).to(device)
         if sums is None:
             if emb_size is not None and feats.shape[1] != emb_size:
@@ -81,21 +81,22 @@ def compute_representations(model, loader, num_classes=10, emb_size=None, device
             sums = torch.zeros(num_classes, feats.shape[1], device=device)
         if targets.min() < 0 or targets.max() >= num_classes:
             raise ValueError(f"targets must lie in 0..{num_classes - 1}, got {targets.min()}..{targets.max()}")
-        sums.index_add_(0, targets, feats)
-        counts += torch.bincount(targets, minlength=num_classes)
+        one_hot = torch.nn.functional.one_hot(targets, num_classes).float()  # (B, K)
+        sums += one_hot.T @ feats  # a matmul, unlike index_add_, is deterministic on CUDA too
+        counts += one_hot.sum(0)
     if sums is None:
         raise ValueError("the loader gave no batches")
     return means_from_sums(sums, counts)
 
 
 @torch.inference_mode()
-def evaluate(model, representations, loader, device=None, *, progress=None, amp=True):
+def evaluate(model, representations, loader, device=None, *, progress=None):
     """Top-1 accuracy of the nearest-class-mean rule over the loader."""
-    device = pick_device(device)
+    device = model_device(model, device)
     model.eval()
     correct, total = 0, 0
     for batch in tqdm(loader, desc="evaluate", disable=not progress_enabled(progress), leave=False):
-        preds = nearest_mean(representations, _features(model, batch[0], device, amp))
+        preds = nearest_mean(representations, _features(model, batch[0], device))
         targets = torch.as_tensor(batch[-1]).to(device)
         correct += (preds == targets).sum().item()
         total += len(targets)
@@ -104,9 +105,9 @@ def evaluate(model, representations, loader, device=None, *, progress=None, amp=
     return correct / total
 
 
-def _features(model, images, device, amp):
-    with autocast(device, amp):
-        return model.get_features(images.to(device, non_blocking=True)).float()
+def _features(model, images, device):
+    # full precision: class means and distances decide ties, and must match across batch sizes
+    return model.get_features(images.to(device, non_blocking=True)).float()
 
 
 def fit(model, optimizer, train_batches, mean_batches, test_batches, epochs, device=None, *, num_classes=10,

@@ -57,7 +57,9 @@ def main():
                       MPLBACKEND="module://matplotlib_inline.backend_inline")
     if args.source:
         os.environ["LABKIT_DATA"] = args.source
-    (out / outputs.RESULTS_FILE).unlink(missing_ok=True)
+    previous = out / outputs.RESULTS_FILE
+    if previous.exists():  # this run starts a fresh results file; the last one is kept beside it
+        previous.replace(out / f"previous-{outputs.RESULTS_FILE}")
 
     paths = [NOTEBOOKS / n for n in args.notebooks] if args.notebooks else sorted(NOTEBOOKS.glob("[0-9]*.ipynb"))
     start = time.perf_counter()
@@ -71,7 +73,7 @@ def main():
 
     results = outputs.load_results(out)
     outputs.record_result("run", out, wall_time_s=round(wall, 1), notebooks=[p.name for p in paths])
-    rows = [dict(task=k, **v) for k, v in sorted(results.items())]
+    rows = [dict(task=k, **v) for k, v in sorted(results.items()) if k != "run"]
     print()
     if rows:
         print(outputs.format_table(rows, COLUMNS))

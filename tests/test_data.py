@@ -123,3 +123,11 @@ def test_load_idx_digits_from_a_folder(tmp_path):
     assert torch.equal(digits.images, images) and torch.equal(digits.targets, targets)
     with pytest.raises(FileNotFoundError, match="train-images-idx3-ubyte"):
         data.load_idx_digits(tmp_path, train=True)
+
+
+def test_behind_a_proxy_the_proxy_is_probed(tmp_path, monkeypatch):
+    probed = []
+    monkeypatch.setattr(data, "getproxies", lambda: {"https": "http://127.0.0.1:9", "http": "http://127.0.0.1:9"})
+    monkeypatch.setattr(data, "_reachable", lambda host, port, timeout: probed.append((host, port)) and False)
+    assert data.load_digits(tmp_path, source="auto").source == "sample"
+    assert probed and set(probed) == {("127.0.0.1", 9)}

@@ -104,3 +104,14 @@ def test_bundled_sample_through_the_seed_interface():
     assert len(ds) == 4000 and ds.classes == list(range(10))
     assert len(MNISTMetricDataset("./mnist/", split="test", source="sample")) == 1000
     assert len(MNISTMetricDataset("./mnist/", split="traineval", remove_class=0, source="sample")) == 3600
+
+
+def test_negative_indices_count_from_the_end_and_never_pair_an_anchor_with_itself():
+    ds = tiny_dataset()
+    torch.manual_seed(4)
+    for _ in range(200):
+        anchor, positive, _, target = ds[-1]
+        assert target == ds.targets[-1].item() and torch.equal(anchor[0], ds.images[-1])
+        assert not torch.equal(anchor, positive)  # the random test images are all distinct
+    with pytest.raises(IndexError, match="out of range"):
+        ds[len(ds)]

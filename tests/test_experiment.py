@@ -54,6 +54,6 @@ def test_course_script_runs_with_only_its_imports_changed():
     assert 0.7 < evaluate(identity, reps, test_loader, device) < 0.9
 
     # the seed's visualisation script embeds the whole test set in one call
-    test_rep = model.get_features(ds_test.images.unsqueeze(1))
+    test_rep = model.get_features(ds_test.images.unsqueeze(1).to(device))
     assert test_rep.shape == (len(ds_test), emb_size)
     assert torch.pca_lowrank(test_rep, 2)[0].shape == (len(ds_test), 2)

@@ -30,7 +30,8 @@ def broken_labkit(tmp_path, module, old, new):
     target = tmp_path / "pkg" / "labkit"
     shutil.copytree(REPO / "labkit", target, ignore=shutil.ignore_patterns("__pycache__"))
     source = (target / module).read_text()
-    assert old in source, f"{old!r} not in {module}"
+    if old not in source:  # a student edition holds the student's code, not the reference line
+        pytest.skip(f"the reference line is not in labkit/{module}")
     (target / module).write_text(source.replace(old, new))
     return target
 

@@ -30,7 +30,11 @@ def test_evaluate_same_for_batch_1_and_512_and_equals_the_course_loop(sample):
     _, test = sample
     subset = MNISTMetricDataset.from_tensors(test.images[:400], test.targets[:400], split="test")
     torch.manual_seed(0)
-    model = SimpleMetricEmbedding(1, 32).eval()
+    model = SimpleMetricEmbedding(1, 32)
+    # briefly trained, so that no query sits on a near-tie between two classes (as with random weights)
+    train(model, torch.optim.Adam(model.parameters(), 1e-3), triplet_loader(sample[0], 64, seed=0), progress=False,
+          log=False)
+    model.eval()
     reps = compute_representations(model, image_loader(subset, 128), 10, 32, progress=False)
     acc1 = evaluate(model, reps, image_loader(subset, 1), progress=False)
     acc512 = evaluate(model, reps, image_loader(subset, 512), progress=False)
@@ -115,3 +119,19 @@ def test_progress_switch(monkeypatch, capsys):
     assert progress_enabled(True)
     monkeypatch.setenv("LABKIT_PROGRESS", "1")
     assert progress_enabled() and not progress_enabled(False)
+
+
+def test_device_must_hold_the_model():
+    model = SimpleMetricEmbedding(1, 8)  # on the CPU
+    with pytest.raises(ValueError, match=r"model is on cpu but device='meta'.*model.to\('meta'\)"):
+        evaluate(model, torch.zeros(10, 8), image_loader(tiny_dataset("test")), "meta", progress=False)
+    # without a device the model's own is used
+    reps = compute_representations(model, image_loader(tiny_dataset("test")), 10, 8, progress=False)
+    assert reps.device.type == "cpu"
+
+
+def test_results_are_ordinary_tensors():
+    reps = compute_representations(IdentityModel(), image_loader(tiny_dataset("test")), 10, 784, progress=False)
+    feats, _ = embed(IdentityModel(), image_loader(tiny_dataset("test")), progress=False)
+    assert not reps.is_inference() and not feats.is_inference()
+    reps /= 2  # in-place use works
