@@ -8,6 +8,9 @@ import functools
 import torch
 from torch import nn
 
+from labkit.loaders import image_loader
+from labkit.training import evaluate
+
 DRAWS = 1000
 
 
@@ -116,9 +119,6 @@ def check_representations(representations):
 
 def check_batch_invariance(model, representations, dataset, device=None, n=300):
     """Task 3a: the accuracy must not depend on the evaluation batch size."""
-    from labkit.loaders import image_loader
-    from labkit.training import evaluate
-
     subset = type(dataset).from_tensors(dataset.images[:n], dataset.targets[:n], split="test")
     accs = [evaluate(model, representations, image_loader(subset, b, device=device), device, progress=False)
             for b in (1, 512)]

@@ -10,9 +10,13 @@ import torch.nn.functional as F
 
 def class_means(features, targets, num_classes=10, normalize=True):
     """Mean feature of each class, (num_classes, D); unit-normalised if ``normalize``. Empty classes: NaN."""
-    features = features.float()
-    one_hot = F.one_hot(targets, num_classes).float()  # (N, K); a matmul is deterministic on CUDA too
-    return means_from_sums(one_hot.T @ features, one_hot.sum(0), normalize)
+    return means_from_sums(*class_sums(features, targets, num_classes), normalize)
+
+
+def class_sums(features, targets, num_classes=10):
+    """Per-class feature sums (K, D) and counts (K,), as a one-hot matmul (deterministic on CUDA too)."""
+    one_hot = F.one_hot(targets, num_classes).float()  # (N, K)
+    return one_hot.T @ features.float(), one_hot.sum(0)
 
 
 def means_from_sums(sums, counts, normalize=True):

@@ -10,7 +10,7 @@ import time
 import torch
 from tqdm.auto import tqdm
 
-from labkit.classify import means_from_sums, nearest_mean
+from labkit.classify import class_sums, means_from_sums, nearest_mean
 from labkit.device import autocast, model_device
 
 PROGRESS_ENV = "LABKIT_PROGRESS"
@@ -81,9 +81,9 @@ def compute_representations(model, loader, num_classes=10, emb_size=None, device
             sums = torch.zeros(num_classes, feats.shape[1], device=device)
         if targets.min() < 0 or targets.max() >= num_classes:
             raise ValueError(f"targets must lie in 0..{num_classes - 1}, got {targets.min()}..{targets.max()}")
-        one_hot = torch.nn.functional.one_hot(targets, num_classes).float()  # (B, K)
-        sums += one_hot.T @ feats  # a matmul, unlike index_add_, is deterministic on CUDA too
-        counts += one_hot.sum(0)
+        batch_sums, batch_counts = class_sums(feats, targets, num_classes)
+        sums += batch_sums
+        counts += batch_counts
     if sums is None:
         raise ValueError("the loader gave no batches")
     return means_from_sums(sums, counts)
