@@ -31,7 +31,7 @@ import course_pipeline as course  # noqa: E402
 from labkit import training  # noqa: E402
 from labkit.data import load_digits, load_idx_digits  # noqa: E402
 from labkit.dataset import MNISTMetricDataset  # noqa: E402
-from labkit.device import pick_device, prepare_model  # noqa: E402
+from labkit.device import bf16_fast, pick_device, prepare_model  # noqa: E402
 from labkit.loaders import image_loader, triplet_loader  # noqa: E402
 from labkit.model import IdentityModel, SimpleMetricEmbedding  # noqa: E402
 
@@ -159,8 +159,9 @@ def lab_course(train, test, seed, epochs, device, timer, workers):
     return acc
 
 
-def lab_fast(train, test, seed, epochs, device, timer):
-    """3b, 3c, 3e with labkit's defaults: on-device batches, channels_last, batched evaluation."""
+def lab_fast(train, test, seed, epochs, device, timer, amp=True):
+    """3b, 3c, 3e with labkit's defaults: on-device batches, channels_last, batched evaluation, and
+    (``amp``) bfloat16 convolutions in training where the hardware has them."""
     acc = {}
     ds_all, ds_test = datasets(train, test)
     mean_batches, test_batches = image_loader(ds_all, device=device), image_loader(ds_test, device=device)
@@ -173,7 +174,7 @@ def lab_fast(train, test, seed, epochs, device, timer):
         optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
         for _ in range(epochs):
             with timer("train"):
-                training.train(model, optimizer, batches, device, log=False, **quiet)
+                training.train(model, optimizer, batches, device, log=False, amp=amp, **quiet)
             with timer("class means"):
                 reps = training.compute_representations(model, mean_batches, 10, 32, device, **quiet)
             with timer("evaluate"):
@@ -253,10 +254,16 @@ def main():
     print(f"machine: {os.cpu_count()} CPUs ({cpu}){gpu}; device {device}; torch {torch.__version__}, "
           f"{torch.get_num_threads()} threads; settings: {args.epochs} epochs, batch 64, emb 32, Adam 1e-3; "
           f"seeds 0..{args.seeds - 1}", flush=True)
+    native = bf16_fast(device)
+    print(f"bf16 convolutions (fast path's default): {'native here, used' if native else 'not native here, off'}")
 
+    pipelines = {"course": lambda s, t: lab_course(train, test, s, args.epochs, device, t, args.workers),
+                 "fast fp32": lambda s, t: lab_fast(train, test, s, args.epochs, device, t, amp=False),
+                 "fast": lambda s, t: lab_fast(train, test, s, args.epochs, device, t)}
+    if not native:  # "fast" would be float32 too
+        del pipelines["fast fp32"]
     results = {}
-    for label, run in (("course", lambda s, t: lab_course(train, test, s, args.epochs, device, t, args.workers)),
-                       ("fast", lambda s, t: lab_fast(train, test, s, args.epochs, device, t))):
+    for label, run in pipelines.items():
         runs = []
         for seed in range(args.seeds):
             timer, mem = Timer(device), {}
@@ -271,20 +278,21 @@ def main():
     def avg(label, key):
         return statistics.mean(r["seconds"].get(key, 0.0) if key != "total" else r["total"] for r in results[label])
 
-    print(f"\n{'per seed (mean)':<30}{'course':>16}{'fast':>16}{'speed-up':>10}")
+    others = [label for label in results if label != "course"]
+    print(f"\n{'per seed (mean)':<30}{'course':>16}" + "".join(f"{label:>16}{'speed-up':>10}" for label in others))
     for stage in STAGES + ("total",):
-        c, f = avg("course", stage), avg("fast", stage)
+        c = avg("course", stage)
         title = "whole lab (3b+3c+3e)" if stage == "total" else f"{stage} (s)"
-        print(f"{title:<30}{c:>16.1f}{f:>16.1f}{c / f:>9.1f}x")
+        print(f"{title:<30}{c:>16.1f}" + "".join(f"{avg(label, stage):>16.1f}{c / avg(label, stage):>9.1f}x"
+                                                for label in others))
     for kind in ("host", "cuda"):
-        if kind in results["fast"][0]["mem"]:
-            c = max(r["mem"][kind] for r in results["course"])
-            f = max(r["mem"][kind] for r in results["fast"])
-            print(f"{'peak ' + kind + ' memory (MB, +start)':<30}{c:>16.0f}{f:>16.0f}")
+        if kind in results["course"][0]["mem"]:
+            peaks = [max(r["mem"][kind] for r in results[label]) for label in results]
+            print(f"{'peak ' + kind + ' memory (MB, +start)':<30}" + f"{peaks[0]:>16.0f}"
+                  + "".join(f"{p:>16.0f}{'':>10}" for p in peaks[1:]))
     for task in ("3b", "3c", "3e"):
-        c = [r["acc"][task] for r in results["course"]]
-        f = [r["acc"][task] for r in results["fast"]]
-        print(f"{'accuracy ' + task + ' (%)':<30}{mean_sd(c, 100, 2):>16}{mean_sd(f, 100, 2):>16}")
+        cells = [mean_sd([r["acc"][task] for r in results[label]], 100, 2) for label in results]
+        print(f"{'accuracy ' + task + ' (%)':<30}{cells[0]:>16}" + "".join(f"{c:>16}{'':>10}" for c in cells[1:]))
 
     print("\nembedding N images in batches of 256, each in a fresh process (peak RSS above the loaded data):")
     for n, extra_mb, shape in embedding_memory(args.data, device):

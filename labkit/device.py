@@ -3,6 +3,7 @@ import contextlib
 import os
 
 import torch
+from torch import nn
 
 DEVICE_ENV = "LABKIT_DEVICE"
 
@@ -25,12 +26,59 @@ def prepare_model(model, device=None):
     return model.to(pick_device(device), memory_format=torch.channels_last)
 
 
-def autocast(device, enabled=True):
-    """bfloat16 mixed precision on CUDA; on the CPU nothing (it is not faster here)."""
+def bf16_fast(device):
+    """Whether bfloat16 convolutions are native here: a CUDA GPU with bf16, or a CPU whose oneDNN
+    reports bf16 instructions (AMX or AVX512-BF16; elsewhere bf16 is emulated and slower)."""
     device = torch.device(device)
-    if enabled and device.type == "cuda":
-        return torch.autocast("cuda", dtype=torch.bfloat16)
-    return contextlib.nullcontext()
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    if device.type != "cpu" or not torch.backends.mkldnn.is_available():
+        return False
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
+
+
+# Modules whose input is cast back to float32 (normalisation statistics need it, and the CPU's
+# GroupNorm is slow on bfloat16), and modules whose output is (pools: a max of rounded values is the
+# rounded max, so casting after the pool is exact and moves a quarter of the data).
+_FLOAT32_IN = (nn.GroupNorm, nn.BatchNorm2d, nn.LayerNorm)
+_FLOAT32_OUT = (nn.MaxPool2d, nn.AvgPool2d, nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d)
+
+
+@contextlib.contextmanager
+def mixed_precision(model, device, enabled=True):
+    """Convolutions in bfloat16, everything else in float32, where bf16 is native (``bf16_fast``).
+
+    ``torch.autocast`` runs the convolutions in bf16; hooks, removed on exit, hand float32 to
+    every normalisation layer and out of every pooling layer, so the features and the loss stay
+    float32. Elsewhere, or with ``enabled=False``, nothing changes.
+    """
+    device = torch.device(device)
+    if not (enabled and bf16_fast(device)):
+        yield
+        return
+    handles = []
+    for module in model.modules():
+        if isinstance(module, _FLOAT32_IN):
+            handles.append(module.register_forward_pre_hook(_inputs_to_float32))
+        elif isinstance(module, _FLOAT32_OUT):
+            handles.append(module.register_forward_hook(_output_to_float32))
+    try:
+        with torch.autocast(device.type, dtype=torch.bfloat16):
+            yield
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+def _inputs_to_float32(module, inputs):
+    return tuple(x.float() if torch.is_tensor(x) and x.is_floating_point() else x for x in inputs)
+
+
+def _output_to_float32(module, inputs, output):
+    return output.float() if torch.is_tensor(output) and output.is_floating_point() else output
 
 
 def model_device(model, device=None):

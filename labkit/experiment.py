@@ -26,6 +26,7 @@ class Settings:
     seed: int = 0
     remove_class: int | None = None
     fast: bool = True  # labkit's on-device batches; False: the course's DataLoader
+    amp: bool = True  # bfloat16 convolutions in training where the hardware has them (labkit.device)
 
 
 def train_embedding(settings=Settings(), device=None, root=None, source=None, progress=None, log=True):
@@ -45,7 +46,7 @@ def train_embedding(settings=Settings(), device=None, root=None, source=None, pr
     optimizer = torch.optim.Adam(model.parameters(), lr=settings.lr)
     history = fit(model, optimizer, train_batches, image_loader(ds_all, fast=settings.fast, device=device),
                   image_loader(ds_test, fast=settings.fast, device=device), settings.epochs, device,
-                  progress=progress, log=log)
+                  progress=progress, log=log, amp=settings.amp)
     return model, history
 
 

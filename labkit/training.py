@@ -11,7 +11,7 @@ import torch
 from tqdm.auto import tqdm
 
 from labkit.classify import class_sums, means_from_sums, nearest_mean
-from labkit.device import autocast, model_device
+from labkit.device import mixed_precision, model_device
 
 PROGRESS_ENV = "LABKIT_PROGRESS"
 
@@ -24,13 +24,16 @@ def progress_enabled(progress=None):
 
 
 def train(model, optimizer, loader, device=None, *, progress=None, log=True, amp=True, desc="train"):
-    """One epoch of triplet training; returns the mean loss over its batches."""
+    """One epoch of triplet training; returns the mean loss over its batches.
+
+    ``amp``: convolutions in bfloat16 where the hardware has it (``labkit.device.mixed_precision``).
+    """
     device = model_device(model, device)
     model.train()
     total, batches, start = torch.zeros((), device=device), 0, time.perf_counter()
     bar = tqdm(loader, desc=desc, disable=not progress_enabled(progress), leave=False)
     for anchor, positive, negative, _ in bar:
-        with autocast(device, amp):
+        with mixed_precision(model, device, amp):
             loss = model.loss(anchor.to(device), positive.to(device), negative.to(device))
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -111,7 +114,7 @@ def _features(model, images, device):
 
 
 def fit(model, optimizer, train_batches, mean_batches, test_batches, epochs, device=None, *, num_classes=10,
-        progress=None, log=True):
+        progress=None, log=True, amp=True):
     """Train for ``epochs``; after each, class means over ``mean_batches`` and accuracy on ``test_batches``.
 
     Returns one dict per epoch with keys "epoch", "loss", "accuracy" and "representations" (the
@@ -119,7 +122,7 @@ def fit(model, optimizer, train_batches, mean_batches, test_batches, epochs, dev
     """
     history = []
     for epoch in range(1, epochs + 1):
-        loss = train(model, optimizer, train_batches, device, progress=progress, log=log,
+        loss = train(model, optimizer, train_batches, device, progress=progress, log=log, amp=amp,
                      desc=f"epoch {epoch}/{epochs}")
         reps = compute_representations(model, mean_batches, num_classes, device=device, progress=progress)
         acc = evaluate(model, reps, test_batches, device, progress=progress)

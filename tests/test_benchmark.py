@@ -19,3 +19,4 @@ def test_benchmark_smoke():
         assert row in out, row
     # both pipelines ran both seeds
     assert out.count("course seed") == 2 and out.count("fast seed") == 2
+    assert "bf16 convolutions" in out
