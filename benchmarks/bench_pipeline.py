@@ -228,6 +228,15 @@ def embedding_memory(data, device, sizes=(10_000, 35_000, 70_000)):
 
 
 # ---------------------------------------------------------------- report
+def cpu_name():
+    """The CPU's model name (Linux), else what ``platform`` knows."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            return next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):
+        return platform.processor() or platform.machine()
+
+
 def mean_sd(values, scale=1.0, digits=1):
     m = statistics.mean(values) * scale
     sd = statistics.stdev(values) * scale if len(values) > 1 else 0.0
@@ -249,7 +258,7 @@ def main():
     device = pick_device(args.device)
     name, train, test = load_data(args.data, args.limit)
     print(f"data: {name} ({len(train.targets)} train / {len(test.targets)} test images)")
-    cpu = platform.processor() or platform.machine()
+    cpu = cpu_name()
     gpu = f", {torch.cuda.get_device_name(device)}" if device.type == "cuda" else ""
     print(f"machine: {os.cpu_count()} CPUs ({cpu}){gpu}; device {device}; torch {torch.__version__}, "
           f"{torch.get_num_threads()} threads; settings: {args.epochs} epochs, batch 64, emb 32, Adam 1e-3; "
