@@ -27,11 +27,12 @@ def prepare_model(model, device=None):
 
 
 def bf16_fast(device):
-    """Whether bfloat16 convolutions are native here: a CUDA GPU with bf16, or a CPU whose oneDNN
-    reports bf16 instructions (AMX or AVX512-BF16; elsewhere bf16 is emulated and slower)."""
+    """Whether bfloat16 convolutions are native here: a CUDA GPU from Ampere on (compute capability
+    8.0; older ones such as Colab's T4 would emulate bf16), or a CPU whose oneDNN reports bf16
+    instructions (AMX or AVX512-BF16; elsewhere bf16 is emulated and slower)."""
     device = torch.device(device)
     if device.type == "cuda":
-        return torch.cuda.is_bf16_supported()
+        return torch.version.hip is not None or torch.cuda.get_device_capability(device)[0] >= 8
     if device.type != "cpu" or not torch.backends.mkldnn.is_available():
         return False
     try:
