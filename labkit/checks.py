@@ -41,10 +41,10 @@ def check_triplets(dataset, draws=DRAWS, seed=0):
     pos = [dataset._sample_positive(i) for i in anchors]
     neg = [dataset._sample_negative(i) for i in anchors]
     _ratio(sum(targets[p] == targets[a] for a, p in zip(anchors, pos)), draws,
-                "positives share the anchor's class")
+           "positives share the anchor's class")
     _ratio(sum(p != a for a, p in zip(anchors, pos)), draws, "positives are never the anchor itself")
     _ratio(sum(targets[n] != targets[a] for a, n in zip(anchors, neg)), draws,
-                 "negatives come from another class")
+           "negatives come from another class")
     neg_classes = {targets[n].item() for n in neg}
     _line(neg_classes == set(dataset.classes), "negatives cover every class over many draws")
     item = dataset[anchors[0]]

@@ -66,9 +66,12 @@ def test_float32_when_disabled_or_not_native(monkeypatch, enabled, native):
 def test_bf16_fast_answers_for_every_device_type():
     assert isinstance(bf16_fast("cpu"), bool)
     assert bf16_fast("meta") is False
-    if not torch.cuda.is_available():
-        with pytest.raises(ValueError, match="no CUDA GPU"):
-            pick_device("cuda")
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a CUDA GPU")
+def test_asking_for_cuda_without_a_gpu_is_explained():
+    with pytest.raises(ValueError, match="no CUDA GPU"):
+        pick_device("cuda")
 
 
 def test_training_with_mixed_precision_learns(native_bf16):
