@@ -4,6 +4,7 @@ The printed lines never depend on the data source, the device or timing, so the 
 outputs hold exactly the ✔ lines that nbval compares: a wrong implementation prints ✘ and fails.
 """
 import functools
+import math
 
 import torch
 from torch import nn
@@ -109,6 +110,26 @@ def check_identity(model_cls):
                  "IdentityModel: (8, 1, 28, 28) → (8, 784), the pixels themselves")
 
 
+def check_classify(means_from_sums, mean_distances, nearest_mean):
+    """Task 3a, before any training: class means, distances and the nearest-mean rule on tiny fixed tensors."""
+    sums, counts = torch.tensor([[2.0, 0.0], [3.0, 4.0], [0.0, 0.0]]), torch.tensor([2.0, 1.0, 0.0])
+    means = means_from_sums(sums.clone(), counts.clone())
+    expected = torch.tensor([[1.0, 0.0], [0.6, 0.8]])
+    _line(means.shape == (3, 2) and torch.allclose(means[:2], expected, atol=1e-6) and bool(means[2].isnan().all()),
+          "class means are the per-class averages scaled to unit length")
+    unit = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
+    queries = torch.tensor([[10.0, 0.0], [0.0, 0.5], [3.0, 4.0]])  # very different lengths
+    cos = torch.nn.functional.normalize(queries, dim=1) @ unit.T
+    dist = mean_distances(unit, queries)
+    _line(dist.shape == (3, 2) and torch.allclose(dist, (2 - 2 * cos).clamp(min=0).sqrt(), atol=1e-5),
+          "each query is scaled to unit length: distances are sqrt(2 - 2 cos), between 0 and 2")
+    alone = torch.cat([mean_distances(unit, q.unsqueeze(0)) for q in queries])
+    _line(torch.allclose(alone, dist, atol=1e-6), "a query's distances do not depend on the other queries in its batch")
+    with_nan = torch.tensor([[math.nan, math.nan], [0.0, 1.0], [1.0, 0.0]])
+    _line(nearest_mean(with_nan, queries).tolist() == [2, 1, 1],
+          "nearest_mean picks the nearest class mean and never a class without images")
+
+
 def check_representations(representations):
     """Task 3a: one unit-length class mean per class that has images."""
     seen = ~representations.isnan().any(dim=1)
@@ -138,6 +159,21 @@ def check_unseen(class_accuracy, digit=0, chance=0.1):
     """Task 3e: a digit never trained on is still recognised far above chance."""
     _line(class_accuracy > 3 * chance, f"digit {digit}, never seen in training, is recognised far above chance "
                                        f"(more than {3 * chance:.0%} of its test images)")
+
+
+@_own_rng
+def check_pca(pca_2d, seed=0):
+    """Task 4: pca_2d projects centred data on the two directions of largest variance, widest first."""
+    torch.manual_seed(seed)
+    basis = torch.linalg.qr(torch.randn(5, 5))[0]  # a random rotation
+    x = (torch.randn(400, 5) * torch.tensor([5.0, 2.0, 0.5, 0.2, 0.1])) @ basis.T + 3.0
+    points = pca_2d(x)
+    centred = x - x.mean(0)
+    reference = centred @ torch.linalg.svd(centred, full_matrices=False)[2][:2].T  # exact PCA, up to sign
+    same = points.shape == (400, 2) and all(
+        torch.allclose(points[:, i].abs(), reference[:, i].abs(), atol=1e-2) for i in range(2))
+    _line(same, "pca_2d: (400, 5) → (400, 2), the centred data on the two widest directions, widest first")
+    _line(bool(points.shape == (400, 2) and points.mean(0).abs().max() < 1e-3), "the projected points are centred")
 
 
 def check_separation(image_ratio, feature_ratios):

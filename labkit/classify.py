@@ -31,16 +31,28 @@ def means_from_sums(sums, counts, normalize=True):
     return means
 
 
-def nearest_mean(representations, features, normalize=True):
-    """Class of the nearest representation in L2 for each feature row, (B,).
+def mean_distances(representations, features, normalize=True):
+    """L2 distance of each feature row to each class representation, (B, K).
 
-    With ``normalize`` each query is scaled to unit length on its own first (the lab's rule), so the
-    answer never depends on the batch. NaN rows (classes never seen) are never chosen.
+    With ``normalize`` each query is first scaled to unit length on its own (the lab's rule): then
+    every distance lies in [0, 2] and equals sqrt(2 - 2 cos), and a query's row never depends on the
+    other queries in its batch.
     """
+    # queries = the features as float32, each row scaled to unit L2 norm if normalize (F.normalize)
     # BEGIN SOLUTION
     queries = F.normalize(features.float(), dim=1) if normalize else features.float()
+    # END SOLUTION
     # the direct formula, not the matmul shortcut: a query's distances must not depend on its batch
-    dist = torch.cdist(queries, representations.to(queries.device), compute_mode="donot_use_mm_for_euclid_dist")
+    return torch.cdist(queries, representations.to(queries.device).float(),
+                       compute_mode="donot_use_mm_for_euclid_dist")
+
+
+def nearest_mean(representations, features, normalize=True):
+    """Class of the nearest representation in L2 for each feature row, (B,). NaN rows (classes never
+    seen) are never chosen."""
+    dist = mean_distances(representations, features, normalize)  # (B, K)
+    # preds = for each row of dist, the index of the smallest distance; a NaN distance never wins
+    # BEGIN SOLUTION
     preds = dist.nan_to_num(nan=math.inf).argmin(dim=1)
     # END SOLUTION
     return preds

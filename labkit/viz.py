@@ -53,11 +53,16 @@ def plot_feature_maps(model, image, channels=6):
 
 
 def pca_2d(features):
-    """Project (N, D) features on their first two principal components with ``torch.pca_lowrank``."""
+    """Project (N, D) features on their first two principal components, (N, 2), the first the widest."""
     x = features.float().cpu()
-    mean = x.mean(0, keepdim=True)
-    _, _, v = torch.pca_lowrank(x - mean, q=2, center=False)
-    return (x - mean) @ v[:, :2]  # (N, 2)
+    # points = the centred x projected on its two directions of largest variance (torch.pca_lowrank
+    # with center=False on the centred data, or torch.linalg.svd)
+    # BEGIN SOLUTION
+    centred = x - x.mean(0, keepdim=True)
+    _, _, v = torch.pca_lowrank(centred, q=2, center=False)
+    points = centred @ v[:, :2]  # (N, 2)
+    # END SOLUTION
+    return points
 
 
 def plot_pca_panels(panels, targets, unseen_class=None):

@@ -18,7 +18,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 BEGIN = re.compile(r"^(\s*)# BEGIN SOLUTION\s*$")
 END = re.compile(r"^\s*# END SOLUTION\s*$")
-TASKS = {"dataset.py": "Task 1", "model.py": "Task 2", "classify.py": "Task 3"}
+TASKS = {"dataset.py": "Task 1", "model.py": "Task 2", "classify.py": "Task 3", "viz.py": "Task 4"}
 COPY = ["labkit", "notebooks", "tests", "scripts", "README.md", "Makefile", "pyproject.toml",
         "environment.yml", "conftest.py", ".ci", ".gitignore"]
 INSTRUCTOR_ONLY = ["tests/test_student_edition.py", "scripts/make_student.py"]

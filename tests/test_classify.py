@@ -1,15 +1,49 @@
 import math
 
+import pytest
 import torch
 
-from labkit.classify import accuracy, class_means, knn, nearest_mean, per_class_accuracy
+from labkit import checks
+from labkit.classify import (accuracy, class_means, knn, mean_distances, means_from_sums, nearest_mean,
+                             per_class_accuracy)
 
 
-def test_nearest_mean_normalises_each_query_alone():
+def test_mean_distances_use_unit_queries_each_on_its_own():
+    torch.manual_seed(0)
+    means = torch.nn.functional.normalize(torch.randn(4, 3), dim=1)
+    queries = torch.randn(6, 3) * torch.tensor([[100.0], [0.01], [1.0], [5.0], [0.5], [20.0]])
+    dist = mean_distances(means, queries)
+    for q, row in zip(queries, dist):  # hand-computed, one query at a time
+        u = q / q.norm()
+        assert torch.allclose(row, torch.stack([(u - m).pow(2).sum().sqrt() for m in means]), atol=1e-5)
+    # each row alone gives the same row: fails for normalising over the batch (per feature)
+    assert torch.allclose(torch.cat([mean_distances(means, q[None]) for q in queries]), dist, atol=1e-6)
+
+
+def test_nearest_mean_ignores_query_length_with_unit_means():
+    # with unit means, ||s q - m||^2 = s^2 |q|^2 - 2 s q.m + 1: the nearest class does not depend on s > 0
     means = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
-    queries = torch.tensor([[10.0, 1.0], [0.1, 0.2]])  # very different lengths
+    queries = torch.tensor([[10.0, 1.0], [0.1, 0.2]])
     assert nearest_mean(means, queries).tolist() == [0, 1]
+    assert nearest_mean(means, queries, normalize=False).tolist() == [0, 1]
     assert nearest_mean(means, queries[1:]).tolist() == [1]
+
+
+@pytest.mark.parametrize("wrong", ["unnormalised", "per-feature"])
+def test_check_classify_flags_wrong_query_normalisation(wrong, capsys):
+    def distances(representations, features, normalize=True):
+        q = features.float() if wrong == "unnormalised" else torch.nn.functional.normalize(features.float(), dim=0)
+        return torch.cdist(q, representations)
+
+    checks.check_classify(means_from_sums, distances, nearest_mean)
+    out = capsys.readouterr().out
+    assert "✘ each query is scaled to unit length" in out
+
+
+def test_check_classify_passes_the_reference(capsys):
+    checks.check_classify(means_from_sums, mean_distances, nearest_mean)
+    out = capsys.readouterr().out
+    assert out.count("✔") == 4 and "✘" not in out
 
 
 def test_nearest_mean_never_picks_a_nan_class():

@@ -27,7 +27,7 @@ def test_unbalanced_markers_are_errors(text):
 
 def test_student_edition_has_no_solutions_and_fails_its_checks(tmp_path):
     counts = make_student(tmp_path / "student")
-    assert set(counts) == {"dataset.py", "model.py", "classify.py"}
+    assert set(counts) == {"dataset.py", "model.py", "classify.py", "viz.py"}
     pkg = tmp_path / "student" / "labkit"
     assert "self.classes.remove" not in (pkg / "dataset.py").read_text()  # the solution is gone...
     assert "# BEGIN SOLUTION" in (pkg / "dataset.py").read_text()  # ...the place for it is marked
