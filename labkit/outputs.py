@@ -34,7 +34,7 @@ def atomic_write(path, write):
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         os.fchmod(fd, _file_mode(path))  # mkstemp makes 0600; keep the usual (or the old file's) mode
-        with os.fdopen(fd, "wb") as f:
+        with _open_fd(fd) as f:
             write(f)
             f.flush()
             os.fsync(f.fileno())
@@ -47,6 +47,10 @@ def atomic_write(path, write):
                                      f"it again") from exc
         raise
     return path
+
+
+def _open_fd(fd):
+    return os.fdopen(fd, "wb")  # one place to open the temporary file (the tests fill the disk here)
 
 
 def _file_mode(path):
