@@ -192,8 +192,8 @@ def run(args):
     merged = outputs.record_result("run", out, wall_time_s=round(wall, 1), notebooks=[p.name for p in paths])
     rows = [dict(task=k, **v) for k, v in sorted(merged.items()) if k != "run"]
     if rows:
-        print(outputs.format_table(rows, COLUMNS))
-    print(f"wall time {wall:.0f} s; outputs in {os.path.relpath(out)}/ (results.json, figures/, notebooks/)")
+        print(f"\n{outputs.format_table(rows, COLUMNS)}")
+    print(f"\nwall time: {wall:.0f} s; outputs in {os.path.relpath(out)}/ (results.json, figures/, notebooks/)")
     return 0
 
 
