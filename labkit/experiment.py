@@ -3,6 +3,7 @@
 Notebook 03 walks through these steps one by one; notebook 04 and the benchmark call them here.
 """
 from dataclasses import asdict, dataclass
+from numbers import Integral
 
 import torch
 
@@ -37,8 +38,8 @@ class Settings:
             raise ValueError(f"Settings(lr={self.lr!r}): the learning rate must be a positive number, e.g. 1e-3")
         if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
             raise ValueError(f"Settings(seed={self.seed!r}): the seed must be an int >= 0")
-        if self.remove_class is not None and (isinstance(self.remove_class, bool)
-                                              or self.remove_class not in range(NUM_CLASSES)):
+        if self.remove_class is not None and (isinstance(self.remove_class, bool) or not isinstance(
+                self.remove_class, Integral) or self.remove_class not in range(NUM_CLASSES)):
             raise ValueError(f"Settings(remove_class={self.remove_class!r}): use None or a digit 0..{NUM_CLASSES - 1}")
         for name in ("fast", "amp"):
             if not isinstance(getattr(self, name), bool):

@@ -48,8 +48,9 @@ def train(model, optimizer, loader, device=None, *, progress=None, log=True, amp
         total += loss.detach().float()  # stays on the device: no synchronisation per step
         losses.append(loss.detach())
         batches += 1
-        if batches % 50 == 0:
+        if device.type == "cpu" or batches % 50 == 0:  # on a GPU each check is a synchronisation
             _check_finite(total, losses, desc)
+        if batches % 50 == 0:
             bar.set_postfix(loss=f"{total.item() / batches:.4f}")
     if batches == 0:
         raise ValueError("the loader gave no batches: is the dataset smaller than one batch (drop_last)?")

@@ -152,6 +152,7 @@ def test_load_checkpoint_checks_the_device(tmp_path, device, wording):
     ({"batch_size": -1}, "batch_size must be a positive int"), ({"emb_size": True}, "emb_size must be"),
     ({"lr": 0}, "learning rate must be a positive number"), ({"lr": float("nan")}, "learning rate"),
     ({"seed": -3}, "seed must be an int"), ({"remove_class": 10}, r"remove_class=10.*0\.\.9"),
+    ({"remove_class": 3.0}, r"remove_class=3\.0"),
     ({"fast": "yes"}, "fast must be True or False"),
 ])
 def test_bad_settings_are_refused_at_construction(kwargs, wording):
