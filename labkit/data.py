@@ -20,7 +20,6 @@ import urllib.request
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
-from urllib.parse import urlparse
 from urllib.request import getproxies
 
 import numpy as np

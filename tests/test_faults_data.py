@@ -2,7 +2,6 @@
 
 Each case is one a careless or unlucky user met (issue 10); each must fail clearly or do the right thing.
 """
-import gzip
 import socket
 import threading
 import time
@@ -85,8 +84,8 @@ def test_auto_falls_back_to_the_sample_on_a_bad_file_and_says_why(tmp_path, monk
 
 def test_damaged_gzip_is_named(tmp_path):
     images, targets = tiny_digits()
-    write_idx(tmp_path / f"t10k-images-idx3-ubyte.gz", images, compress=True)
-    write_idx(tmp_path / f"t10k-labels-idx1-ubyte.gz", targets.to(torch.uint8), compress=True)
+    write_idx(tmp_path / "t10k-images-idx3-ubyte.gz", images, compress=True)
+    write_idx(tmp_path / "t10k-labels-idx1-ubyte.gz", targets.to(torch.uint8), compress=True)
     path = tmp_path / "t10k-images-idx3-ubyte.gz"
     path.write_bytes(path.read_bytes()[:200])  # a cut download
     with pytest.raises(data.DataFileError, match=r"t10k-images-idx3-ubyte\.gz cannot be read as gzip"):
