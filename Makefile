@@ -7,7 +7,7 @@ STAMP  := $(VENV)/.installed
 .PHONY: lab test notebooks bench student clean
 
 lab: $(STAMP)             ## run notebooks 01-04 headless into out/ and print the results table
-	$(BIN)/python scripts/run_lab.py --out out
+	@$(BIN)/python scripts/run_lab.py --out out
 
 test: $(STAMP)            ## unit tests + nbval over all notebooks (on the bundled sample)
 	$(BIN)/python -m pytest

@@ -28,7 +28,8 @@ class MNISTMetricDataset(Dataset):
 
     @classmethod
     def from_tensors(cls, images, targets, split="train", remove_class=None, source="tensors"):
-        """Build the dataset from uint8 (N, 28, 28) images and integer targets already in memory."""
+        """Build the dataset from images already in memory: uint8 (N, 28, 28) in 0..255, or float in [0, 1],
+        and integer targets in 0..9, one per image. Anything else raises ValueError saying how to fix it."""
         _check_split(split)
         ds = cls.__new__(cls)
         Dataset.__init__(ds)
@@ -38,8 +39,7 @@ class MNISTMetricDataset(Dataset):
 
     def _setup(self, images, targets, split, remove_class):
         self.split = split
-        self.images = images.float() / 255.0 if images.dtype == torch.uint8 else images.float()
-        self.targets = torch.as_tensor(targets, dtype=torch.int64)
+        self.images, self.targets = _checked_images(images), _checked_targets(targets, len(images))
         self.classes = list(range(NUM_CLASSES))
         self.remove_class = _check_class(remove_class, self.classes)
 
@@ -98,6 +98,45 @@ class MNISTMetricDataset(Dataset):
 
     def __len__(self):
         return len(self.images)
+
+
+def _checked_images(images):
+    """Float images (N, 28, 28) in [0, 1]: uint8 divided by 255; floats must already lie in [0, 1]."""
+    if not isinstance(images, torch.Tensor):
+        raise TypeError(f"images must be a tensor (N, 28, 28), got {type(images).__name__}")
+    if images.dim() != 3 or tuple(images.shape[1:]) != (28, 28):
+        raise ValueError(f"images must have shape (N, 28, 28), got {tuple(images.shape)}"
+                         + (" (drop the channel axis: images.squeeze(1))" if images.dim() == 4 else ""))
+    if images.dtype == torch.uint8:
+        return images.float() / 255.0
+    if not images.is_floating_point():
+        raise ValueError(f"images must be uint8 (0..255) or float in [0, 1], got {images.dtype}")
+    if len(images) and not torch.isfinite(images).all():
+        bad = int((~torch.isfinite(images)).flatten(1).any(1).nonzero()[0])
+        raise ValueError(f"image {bad} holds NaN or inf: remove or repair the non-finite images "
+                         f"(torch.isfinite(images).flatten(1).all(1) marks the good ones)")
+    # floats in 0..255 are not rescaled by guesswork: images in [0, 1.5] or standardised ones would
+    # be scaled wrongly without a word; the fix is one call
+    if len(images) and (images.min() < 0 or images.max() > 1):
+        raise ValueError(f"float images must lie in [0, 1], these range {images.min().item():g}..{images.max().item():g}"
+                         f"; pass uint8 images, or divide 0..255 floats by 255 (images / 255)")
+    return images.float()
+
+
+def _checked_targets(targets, num_images):
+    """int64 targets in 0..9, one per image."""
+    targets = torch.as_tensor(targets)
+    if targets.dtype == torch.bool or targets.is_floating_point() or targets.is_complex():
+        raise ValueError(f"targets must be integer class numbers 0..{NUM_CLASSES - 1}, got {targets.dtype}"
+                         f"{' (convert whole-number floats with targets.long())' if targets.is_floating_point() else ''}")
+    if targets.dim() != 1 or len(targets) != num_images:
+        raise ValueError(f"targets must be one class number per image: {num_images} images, targets of "
+                         f"shape {tuple(targets.shape)}")
+    if len(targets) and (targets.min() < 0 or targets.max() >= NUM_CLASSES):
+        bad = targets[(targets < 0) | (targets >= NUM_CLASSES)]
+        raise ValueError(f"targets must be class numbers 0..{NUM_CLASSES - 1}; found {sorted(set(bad.tolist()))[:5]} "
+                         f"({len(bad)} of {len(targets)}). Drop those images or fix their labels")
+    return targets.to(torch.int64)
 
 
 def _check_split(split):

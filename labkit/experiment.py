@@ -3,12 +3,13 @@
 Notebook 03 walks through these steps one by one; notebook 04 and the benchmark call them here.
 """
 from dataclasses import asdict, dataclass
+from numbers import Integral
 
 import torch
 
 from labkit.checkpoint import CheckpointError, checkpoint_path, load_checkpoint, save_checkpoint
 from labkit.data import resolve_source
-from labkit.dataset import MNISTMetricDataset
+from labkit.dataset import NUM_CLASSES, MNISTMetricDataset
 from labkit.device import pick_device, prepare_model
 from labkit.loaders import image_loader, triplet_loader
 from labkit.model import SimpleMetricEmbedding
@@ -27,6 +28,22 @@ class Settings:
     remove_class: int | None = None
     fast: bool = True  # labkit's on-device batches; False: the course's DataLoader
     amp: bool = True  # bfloat16 convolutions in training where the hardware has them (labkit.device)
+
+    def __post_init__(self):
+        for name in ("epochs", "batch_size", "emb_size"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"Settings({name}={value!r}): {name} must be a positive int")
+        if isinstance(self.lr, bool) or not isinstance(self.lr, (int, float)) or not 0 < self.lr < float("inf"):
+            raise ValueError(f"Settings(lr={self.lr!r}): the learning rate must be a positive number, e.g. 1e-3")
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
+            raise ValueError(f"Settings(seed={self.seed!r}): the seed must be an int >= 0")
+        if self.remove_class is not None and (isinstance(self.remove_class, bool) or not isinstance(
+                self.remove_class, Integral) or self.remove_class not in range(NUM_CLASSES)):
+            raise ValueError(f"Settings(remove_class={self.remove_class!r}): use None or a digit 0..{NUM_CLASSES - 1}")
+        for name in ("fast", "amp"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"Settings({name}={getattr(self, name)!r}): {name} must be True or False")
 
 
 def train_embedding(settings=Settings(), device=None, root=None, source=None, progress=None, log=True):

@@ -26,6 +26,10 @@ class TripletBatches:
         self.images = dataset.images.to(self.device).unsqueeze(1)  # (N, 1, 28, 28)
         self.targets = dataset.targets.to(self.device)
         classes = torch.as_tensor(sorted(dataset.classes), device=self.device)
+        if not torch.isin(self.targets, classes).all():  # searchsorted below would merge them into a class
+            stray = sorted(set(self.targets[~torch.isin(self.targets, classes)].tolist()))[:5]
+            raise ValueError(f"targets {stray} are not among the dataset's classes {sorted(dataset.classes)}; "
+                             f"build the dataset with MNISTMetricDataset.from_tensors, which checks them")
         # Images grouped by class: class k's images are order[start[k] : start[k] + count[k]].
         class_pos = torch.searchsorted(classes, self.targets)  # class of each image as 0..K-1
         self.order = torch.argsort(class_pos, stable=True)

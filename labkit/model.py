@@ -27,9 +27,9 @@ class SimpleMetricEmbedding(nn.Module):
 
     def __init__(self, input_channels, emb_size=32, margin=1.0):
         super().__init__()
-        if not isinstance(input_channels, int) or input_channels < 1:
+        if isinstance(input_channels, bool) or not isinstance(input_channels, int) or input_channels < 1:
             raise ValueError(f"input_channels must be a positive int (1 for MNIST), got {input_channels!r}")
-        if not isinstance(emb_size, int) or emb_size < 1:
+        if isinstance(emb_size, bool) or not isinstance(emb_size, int) or emb_size < 1:
             raise ValueError(f"emb_size must be a positive int, got {emb_size!r}")
         self.input_channels = input_channels
         self.emb_size = emb_size
@@ -48,8 +48,8 @@ class SimpleMetricEmbedding(nn.Module):
         # END SOLUTION
 
     def get_features(self, img):
-        """(B, C, H, W) images -> (B, emb_size) embeddings."""
-        _check_images(img, self.input_channels)
+        """(B, C, H, W) images -> (B, emb_size) embeddings; uint8 images count 0..255 as 0..1."""
+        img = _check_images(img, self.input_channels, next(self.parameters()).dtype)
         # x = the (B, emb_size) features of img
         # BEGIN SOLUTION
         x = self.net(img).flatten(1)  # (B, E); flatten keeps B = 1 where squeeze() would not
@@ -78,7 +78,7 @@ class IdentityModel(nn.Module):
     """Pixel space as an 'embedding': the flattened image, (B, H * W * C)."""
 
     def get_features(self, img):
-        _check_images(img, None)
+        img = _check_images(img, None, torch.float32)
         # feats = the images flattened to (B, C * H * W)
         # BEGIN SOLUTION
         feats = img.flatten(1)
@@ -86,10 +86,16 @@ class IdentityModel(nn.Module):
         return feats
 
 
-def _check_images(img, channels):
+def _check_images(img, channels, dtype):
+    """The images as ``dtype`` (the model's): uint8 scaled to [0, 1] as the datasets do, other floats cast."""
     if not isinstance(img, torch.Tensor):
         raise TypeError(f"expected a tensor of images, got {type(img).__name__}")
     if img.dim() != 4 or (channels is not None and img.shape[1] != channels):
         c = "C" if channels is None else channels
         hint = " (add the channel axis with img.unsqueeze(1))" if img.dim() == 3 else ""
         raise ValueError(f"expected images of shape (B, {c}, H, W), got {tuple(img.shape)}{hint}")
+    if img.dtype == torch.uint8:
+        return img.to(dtype) / 255
+    if not img.is_floating_point():
+        raise TypeError(f"expected float images in [0, 1] (or uint8 0..255), got {img.dtype}")
+    return img.to(dtype)  # no copy when it already is

@@ -1,12 +1,20 @@
 """What a run leaves behind: the output folder, figures, and the results file with its table.
 
 The folder is ``$LABKIT_OUTPUT`` if set (the README's main command points it at ``out/``), else
-``./outputs``. Every file is written atomically: complete, or not at all.
+``./outputs``. Every file is written atomically: complete, or not at all; a full disk says so.
+The results file is updated under a lock, so processes writing at once lose no entry.
 """
+import contextlib
+import errno
 import json
 import os
 import tempfile
 from pathlib import Path
+
+try:
+    import fcntl
+except ImportError:  # Windows: no advisory locks; concurrent runs there may still race
+    fcntl = None
 
 OUTPUT_ENV = "LABKIT_OUTPUT"
 DEFAULT_OUTPUT = "outputs"
@@ -26,15 +34,23 @@ def atomic_write(path, write):
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         os.fchmod(fd, _file_mode(path))  # mkstemp makes 0600; keep the usual (or the old file's) mode
-        with os.fdopen(fd, "wb") as f:
+        with _open_fd(fd) as f:
             write(f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         Path(tmp).unlink(missing_ok=True)
+        if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise OSError(exc.errno, f"the disk is full (or your quota is used up): {path} could not be "
+                                     f"written and is unchanged. Free some space on {path.parent} and run "
+                                     f"it again") from exc
         raise
     return path
+
+
+def _open_fd(fd):
+    return os.fdopen(fd, "wb")  # one place to open the temporary file (the tests fill the disk here)
 
 
 def _file_mode(path):
@@ -53,17 +69,41 @@ def save_figure(fig, name, folder=None):
 
 
 def record_result(key, folder=None, **fields):
-    """Add or replace one entry (e.g. ``"3b"``) of the results file; returns the whole results dict."""
-    results = load_results(folder)
-    results[key] = fields
-    text = json.dumps(results, indent=2, sort_keys=True) + "\n"
-    atomic_write(output_dir(folder) / RESULTS_FILE, lambda f: f.write(text.encode()))
+    """Add or replace one entry (e.g. ``"3b"``) of the results file; returns the whole results dict.
+
+    Read, update and write happen under a lock on ``.results.json.lock``: entries that other
+    processes record at the same time are all kept.
+    """
+    text = json.dumps(fields)  # refuse what JSON cannot hold before touching the file
+    with results_lock(folder):
+        results = load_results(folder)
+        results[key] = json.loads(text)
+        text = json.dumps(results, indent=2, sort_keys=True) + "\n"
+        atomic_write(output_dir(folder) / RESULTS_FILE, lambda f: f.write(text.encode()))
     return results
+
+
+@contextlib.contextmanager
+def results_lock(folder=None):
+    """Hold an exclusive lock on the results file of ``folder`` (a no-op where fcntl is missing)."""
+    with open(output_dir(folder) / f".{RESULTS_FILE}.lock", "a") as lock:
+        if fcntl is not None:
+            fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
+        yield
 
 
 def load_results(folder=None):
     path = output_dir(folder) / RESULTS_FILE
-    return json.loads(path.read_text()) if path.exists() else {}
+    if not path.exists():
+        return {}
+    try:
+        results = json.loads(path.read_text())
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise ValueError(f"{path} is not valid JSON ({exc}); it was not written by labkit's atomic writer. "
+                         f"Move it away (nothing else reads it) and run again.") from None
+    if not isinstance(results, dict):
+        raise ValueError(f"{path} holds a {type(results).__name__}, not labkit's results; move it away")
+    return results
 
 
 def format_table(rows, columns):

@@ -14,13 +14,19 @@ from labkit.classify import class_sums, means_from_sums, nearest_mean
 from labkit.device import mixed_precision, model_device
 
 PROGRESS_ENV = "LABKIT_PROGRESS"
+PROGRESS_VALUES = {"1": True, "true": True, "yes": True, "on": True, "0": False, "false": False, "no": False,
+                   "off": False, "": True}
 
 
 def progress_enabled(progress=None):
     """Progress bars on unless switched off by the argument or ``LABKIT_PROGRESS=0``."""
     if progress is not None:
         return bool(progress)
-    return os.environ.get(PROGRESS_ENV, "1").lower() not in ("0", "false", "no", "off")
+    value = os.environ.get(PROGRESS_ENV, "1")
+    if value.strip().lower() not in PROGRESS_VALUES:
+        raise ValueError(f"{PROGRESS_ENV}={value!r} is not understood; use one of "
+                         f"{', '.join(v for v in PROGRESS_VALUES if v)} (0/false/no/off switch the bars off)")
+    return PROGRESS_VALUES[value.strip().lower()]
 
 
 def train(model, optimizer, loader, device=None, *, progress=None, log=True, amp=True, desc="train"):
@@ -31,6 +37,7 @@ def train(model, optimizer, loader, device=None, *, progress=None, log=True, amp
     device = model_device(model, device)
     model.train()
     total, batches, start = torch.zeros((), device=device), 0, time.perf_counter()
+    losses = []  # each batch's loss, kept on the device: names the first non-finite one without a sync per step
     bar = tqdm(loader, desc=desc, disable=not progress_enabled(progress), leave=False)
     for anchor, positive, negative, _ in bar:
         with mixed_precision(model, device, amp):
@@ -39,15 +46,31 @@ def train(model, optimizer, loader, device=None, *, progress=None, log=True, amp
         loss.backward()
         optimizer.step()
         total += loss.detach().float()  # stays on the device: no synchronisation per step
+        losses.append(loss.detach())
         batches += 1
+        if device.type == "cpu" or batches % 50 == 0:  # on a GPU each check is a synchronisation
+            _check_finite(total, losses, desc)
         if batches % 50 == 0:
             bar.set_postfix(loss=f"{total.item() / batches:.4f}")
     if batches == 0:
         raise ValueError("the loader gave no batches: is the dataset smaller than one batch (drop_last)?")
+    _check_finite(total, losses, desc)
     mean_loss = total.item() / batches
     if log:
         print(f"{desc}: mean loss {mean_loss:.4f} over {batches} batches ({time.perf_counter() - start:.1f} s)")
     return mean_loss
+
+
+def _check_finite(total, losses, desc):
+    """Stop training at a NaN or inf loss, naming the first batch that had one."""
+    if torch.isfinite(total):
+        return
+    finite = torch.isfinite(torch.stack(losses).float())
+    first = int((~finite).nonzero()[0])
+    raise FloatingPointError(
+        f"{desc}, batch {first + 1}: the loss is {losses[first].item()}; training stopped (every later step "
+        f"would only spread it through the weights, which are no longer usable). Check the images for NaN/inf "
+        f"(torch.isfinite(dataset.images).all()) or lower the learning rate, then train a fresh model.")
 
 
 @torch.no_grad()  # not inference_mode: callers may use the features in autograd later
