@@ -19,14 +19,16 @@ from pathlib import Path
 import torch
 
 INSTALL_ENV = "LABKIT_COLAB_INSTALL"
+_installed = set()  # workbooks installed in this runtime: rerunning the cell does not reinstall
 
 
 def setup(workbook):
     """Finish the bootstrap: install ``workbook`` editable, work in its notebooks/, name the GPU."""
     workbook = Path(workbook).resolve()
     check_imported_from(workbook)
-    if os.environ.get(INSTALL_ENV, "1").lower() not in ("0", "false", "no", "off"):
+    if workbook not in _installed and os.environ.get(INSTALL_ENV, "1").lower() not in ("0", "false", "no", "off"):
         install_editable(workbook)
+        _installed.add(workbook)
     os.chdir(workbook / "notebooks")  # outputs/ and checkpoints/ land in Drive too
     print(f"[labkit] your workbook: {workbook}. Code in labkit/*.py, notebooks, outputs and checkpoints "
           "stay there across notebooks and runtimes; hand in that folder.")

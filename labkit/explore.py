@@ -60,3 +60,11 @@ def principal_components(features, q=5):
     centred = x - x.mean(0, keepdim=True)
     _, _, vh = torch.linalg.svd(centred, full_matrices=False)
     return centred @ vh[:q].T
+
+
+def negative_shares(dataset, draws=5000, seed=0, num_classes=10):
+    """How often each class is the negative of a random anchor, (num_classes,) summing to 1, with the
+    dataset's own ``_sample_negative``. Uniform over the other classes gives each of K balanced
+    classes 1/K; a removed class gets 0."""
+    negatives = sample_triplets(dataset, draws, seed)[:, 2]
+    return torch.bincount(dataset.targets[negatives], minlength=num_classes).float() / draws

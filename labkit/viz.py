@@ -189,3 +189,19 @@ def separation(points, targets):
         between += len(xc) * (xc.mean(0) - overall).pow(2).sum().item()
         within += (xc - xc.mean(0)).pow(2).sum().item()
     return between / within
+
+
+def plot_bars(series, labels, xlabel="", ylabel="", title=""):
+    """Grouped bars: ``series`` is {name: values}, one value per entry of ``labels``."""
+    fig, ax = plt.subplots(figsize=(max(4.0, 0.28 * len(labels) * len(series) + 1.5), 2.8))
+    width = 0.8 / len(series)
+    for s, (name, values) in enumerate(series.items()):
+        values = torch.as_tensor(values).float().cpu().numpy()
+        ax.bar(np.arange(len(labels)) + (s - (len(series) - 1) / 2) * width, values, width, label=name)
+    ax.axhline(0, color="black", linewidth=0.5)
+    ax.set_xticks(range(len(labels)), [str(label) for label in labels], fontsize=7 if len(labels) > 12 else 9)
+    ax.set_xlabel(xlabel), ax.set_ylabel(ylabel), ax.set_title(title, fontsize=10)
+    if len(series) > 1:
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig

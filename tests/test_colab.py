@@ -157,3 +157,26 @@ def test_gpu_line_names_the_device_or_says_how_to_get_one():
         assert torch.cuda.get_device_name(0) in line
     else:
         assert "Change runtime type" in line
+
+
+def test_install_runs_pip_once_per_runtime_and_reports_its_failure(tmp_path, monkeypatch):
+    import subprocess as sp
+
+    from labkit import colab
+
+    workbook = Path(colab.__file__).resolve().parent.parent
+    calls = []
+
+    def fake_run(cmd, **kwargs):
+        calls.append(cmd)
+        return sp.CompletedProcess(cmd, 1 if len(calls) > 1 else 0, "", "ERROR: no setup.py or pyproject.toml")
+
+    monkeypatch.setattr(colab.subprocess, "run", fake_run)
+    monkeypatch.setattr(colab.os, "chdir", lambda path: None)
+    monkeypatch.setattr(colab, "_installed", set())
+    monkeypatch.delenv(colab.INSTALL_ENV, raising=False)
+    colab.setup(workbook)
+    colab.setup(workbook)  # a rerun of the cell
+    assert len(calls) == 1 and calls[0][-2:] == ["-e", str(workbook)]
+    with pytest.raises(RuntimeError, match="(?s)pip could not install labkit.*no setup.py"):
+        colab.install_editable(tmp_path)

@@ -61,3 +61,12 @@ def test_misclassified_and_principal_components():
     assert var[0] > var[1] > var[2]
     ref = torch.linalg.eigvalsh(torch.cov(x.T)).flip(0)[:3]  # an independent route to the variances
     assert torch.allclose(var, ref, rtol=1e-3)
+
+
+def test_negative_shares_are_uniform_over_the_remaining_classes():
+    from labkit.explore import negative_shares
+
+    ds = tiny_dataset(per_class=(20,) * 10, remove_class=0)
+    shares = negative_shares(ds, draws=9000)
+    assert shares[0] == 0 and abs(shares.sum() - 1) < 1e-6
+    assert (shares[1:] - 1 / 9).abs().max() < 0.02  # binomial sd about 0.003

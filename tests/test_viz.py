@@ -70,3 +70,12 @@ def test_neighbour_figure():
     fig = plot_neighbours(view, train.images, test.images)
     assert len([ax for ax in fig.axes if ax.images]) == 1 + 4
     assert len([ax for ax in fig.axes if ax.patches][0].patches) == 10
+
+
+def test_grouped_bars():
+    from labkit.viz import plot_bars
+
+    fig = plot_bars({"a": [1, 2, 3], "b": [0.5, -1, 0]}, ["x", "y", "z"], "digit", "share")
+    ax = fig.axes[0]
+    assert [p.get_height() for p in ax.patches] == [1, 2, 3, 0.5, -1, 0]
+    assert [t.get_text() for t in ax.get_legend().get_texts()] == ["a", "b"]
