@@ -202,6 +202,6 @@ def plot_bars(series, labels, xlabel="", ylabel="", title=""):
     ax.set_xticks(range(len(labels)), [str(label) for label in labels], fontsize=7 if len(labels) > 12 else 9)
     ax.set_xlabel(xlabel), ax.set_ylabel(ylabel), ax.set_title(title, fontsize=10)
     if len(series) > 1:
-        ax.legend(fontsize=8)
+        ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.0, 1.0))
     fig.tight_layout()
     return fig
