@@ -10,6 +10,7 @@ folder is what the student hands in.
 Environment variables (for tests and unusual setups): ``LABKIT_DRIVE`` (where Drive is mounted,
 default ``/content/drive``), ``LABKIT_REPO_URL`` (clone this instead of the cell's ``REPO_URL``),
 ``LABKIT_COLAB_INSTALL=0`` (skip the editable pip install; the folder is on ``sys.path`` anyway).
+MNIST goes to the runtime's disk (``LABKIT_DATA_ROOT=/content/data`` unless set), not into Drive.
 """
 import os
 import subprocess
@@ -19,6 +20,7 @@ from pathlib import Path
 import torch
 
 INSTALL_ENV = "LABKIT_COLAB_INSTALL"
+DATA_ROOT = "/content/data"  # MNIST on the runtime's own disk: fast, and not part of the hand-in
 _installed = set()  # workbooks installed in this runtime: rerunning the cell does not reinstall
 
 
@@ -30,6 +32,7 @@ def setup(workbook):
         install_editable(workbook)
         _installed.add(workbook)
     os.chdir(workbook / "notebooks")  # outputs/ and checkpoints/ land in Drive too
+    os.environ.setdefault("LABKIT_DATA_ROOT", DATA_ROOT)
     print(f"[labkit] your workbook: {workbook}. Code in labkit/*.py, notebooks, outputs and checkpoints "
           "stay there across notebooks and runtimes; hand in that folder.")
     print("[labkit] open the notebooks from that folder (Drive: metric-lab/notebooks, Open with Google "

@@ -175,7 +175,10 @@ def test_install_runs_pip_once_per_runtime_and_reports_its_failure(tmp_path, mon
     monkeypatch.setattr(colab.os, "chdir", lambda path: None)
     monkeypatch.setattr(colab, "_installed", set())
     monkeypatch.delenv(colab.INSTALL_ENV, raising=False)
+    monkeypatch.setenv("LABKIT_DATA_ROOT", "restored after the test")
+    monkeypatch.delenv("LABKIT_DATA_ROOT")
     colab.setup(workbook)
+    assert os.environ["LABKIT_DATA_ROOT"] == colab.DATA_ROOT  # MNIST on the runtime's disk, not in Drive
     colab.setup(workbook)  # a rerun of the cell
     assert len(calls) == 1 and calls[0][-2:] == ["-e", str(workbook)]
     with pytest.raises(RuntimeError, match="(?s)pip could not install labkit.*no setup.py"):
