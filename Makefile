@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: lab test notebooks bench student clean
+.PHONY: lab test notebooks bench jupyter student clean
 
 lab: $(STAMP)             ## run notebooks 01-04 headless into out/ and print the results table
 	@$(BIN)/python scripts/run_lab.py --out out
@@ -15,13 +15,16 @@ test: $(STAMP)            ## unit tests + nbval over all notebooks (on the bundl
 notebooks: $(STAMP)       ## re-execute the notebooks in place: the stored outputs nbval compares
 	$(BIN)/python scripts/run_lab.py --refresh --out build/refresh
 
+jupyter: $(STAMP)         ## JupyterLab on the notebooks, from the project's environment
+	$(BIN)/jupyter lab notebooks/
+
 bench: $(STAMP)           ## course pipeline vs fast path, printed side by side
 	$(BIN)/python benchmarks/bench_pipeline.py
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q -e ".[dev]"
+	$(BIN)/python -m pip install -q -e ".[dev,lab]"
 	touch $(STAMP)
 
 clean:

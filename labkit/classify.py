@@ -82,3 +82,9 @@ def per_class_accuracy(preds, targets, num_classes=10):
     hits = torch.bincount(targets[preds == targets], minlength=num_classes).float()
     totals = torch.bincount(targets, minlength=num_classes).float()
     return (hits / totals).tolist()
+
+
+def confusion_matrix(preds, targets, num_classes=10):
+    """Counts (num_classes, num_classes): row = true class, column = predicted class."""
+    index = targets.long().cpu() * num_classes + preds.long().cpu()
+    return torch.bincount(index, minlength=num_classes * num_classes).reshape(num_classes, num_classes)

@@ -1,25 +1,39 @@
 """Batches for training and evaluation: the fast on-device path and the course's DataLoader path.
 
-The fast path keeps the whole dataset as one tensor on the device and samples triplet batches
-vectorised, with the distribution of ``MNISTMetricDataset`` (positive: uniform over the anchor's
-class without the anchor; negative: another class uniformly, then an image of it uniformly).
-No worker processes, no per-item Python. ``fast=False`` gives the course's ``DataLoader`` instead.
+The fast path keeps the whole dataset as one tensor on the device and gathers each triplet batch
+from it with one indexing per role; no worker processes. Which images form the triplets is decided
+by a *sampler*: ``"dataset"`` (the default) asks the dataset's own ``_sample_positive`` /
+``_sample_negative`` (the student's Task 1 code) for every anchor of the batch; ``"vectorised"``
+draws the same distribution (positive: uniform over the anchor's class without the anchor;
+negative: another class uniformly, then an image of it uniformly) with a few tensor operations and
+no per-item Python. ``fast=False`` gives the course's ``DataLoader`` instead.
 """
+import operator
+
 import torch
 from torch.utils.data import DataLoader
 
 from labkit.device import pick_device
 
 
+SAMPLERS = ("dataset", "vectorised")
+
+
 class TripletBatches:
     """Iterable of (anchor, positive, negative, target) batches, each image batch (B, 1, 28, 28).
 
     Each pass is one epoch: anchors in a fresh random order, the last incomplete batch dropped
-    (as the course's ``drop_last=True``). Pass a ``generator`` (or ``seed``) for reproducible epochs.
+    (as the course's ``drop_last=True``). Pass a ``seed`` for reproducible epochs.
+    ``sampler``: ``"dataset"`` calls the dataset's per-item samplers (Task 1) for each anchor,
+    ``"vectorised"`` samples the same distribution on the device without them (see the module doc).
     """
 
-    def __init__(self, dataset, batch_size=64, device=None, seed=None, drop_last=True):
+    def __init__(self, dataset, batch_size=64, device=None, seed=None, drop_last=True, sampler="dataset"):
         _check_batch_size(batch_size)
+        if sampler not in SAMPLERS:
+            raise ValueError(f"unknown sampler {sampler!r}; choose one of {SAMPLERS}")
+        self.sampler = sampler
+        self.dataset = dataset
         self.device = pick_device(device)
         self.batch_size = batch_size
         self.drop_last = drop_last
@@ -41,15 +55,38 @@ class TripletBatches:
         self.class_pos = class_pos
         if len(classes) < 2 or int(self.count.min()) < 2:
             raise ValueError("triplets need at least two classes with at least two images each")
-        self.generator = torch.Generator(device=self.device)
-        self.generator.manual_seed(seed if seed is not None else int(torch.randint(2**62, ()).item()))
+        seed = seed if seed is not None else int(torch.randint(2**62, ()).item())
+        self.generator = torch.Generator(device=self.device).manual_seed(seed)
+        # the dataset sampler runs on the host: its anchor order and per-batch seeds come from here,
+        # so that it never waits for the device to finish a step
+        self.host_generator = torch.Generator().manual_seed(seed)
 
     def __len__(self):
         n = len(self.targets)
         return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
 
     def sample(self, anchors):
-        """Positive and negative indices for a 1-D tensor of anchor indices."""
+        """Positive and negative indices (on the device) for a 1-D tensor of anchor indices."""
+        if self.sampler == "dataset":
+            positives, negatives = self._sample_with_dataset(anchors.cpu())
+            return positives.to(self.device), negatives.to(self.device)
+        return self._sample_vectorised(anchors)
+
+    def _sample_with_dataset(self, anchors):
+        """The dataset's own ``_sample_positive`` / ``_sample_negative`` for each anchor (host tensors).
+
+        They draw from torch's global generator; it is seeded per batch from ``host_generator`` inside
+        ``fork_rng``, so batches follow ``seed`` and the caller's random state stays untouched.
+        """
+        batch_seed = int(torch.randint(2**62, (), generator=self.host_generator))
+        ids = anchors.tolist()
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(batch_seed)
+            positives = [self.dataset._sample_positive(i) for i in ids]
+            negatives = [self.dataset._sample_negative(i) for i in ids]
+        return _index_tensor(positives, "_sample_positive"), _index_tensor(negatives, "_sample_negative")
+
+    def _sample_vectorised(self, anchors):
         g, dev = self.generator, self.device
         k = self.class_pos[anchors]
         # positive: one of the n-1 other slots of the anchor's class; slots at or after the anchor shift by one
@@ -63,10 +100,18 @@ class TripletBatches:
         return positives, negatives
 
     def __iter__(self):
-        perm = torch.randperm(len(self.targets), generator=self.generator, device=self.device)
+        n, b = len(self.targets), self.batch_size
+        if self.sampler == "dataset":
+            perm = torch.randperm(n, generator=self.host_generator)
+            for i in range(len(self)):
+                anchors = perm[i * b:(i + 1) * b]
+                ids = torch.stack((anchors, *self._sample_with_dataset(anchors))).to(self.device, non_blocking=True)
+                yield self.images[ids[0]], self.images[ids[1]], self.images[ids[2]], self.targets[ids[0]]
+            return
+        perm = torch.randperm(n, generator=self.generator, device=self.device)
         for i in range(len(self)):
-            anchors = perm[i * self.batch_size:(i + 1) * self.batch_size]
-            positives, negatives = self.sample(anchors)
+            anchors = perm[i * b:(i + 1) * b]
+            positives, negatives = self._sample_vectorised(anchors)
             yield self.images[anchors], self.images[positives], self.images[negatives], self.targets[anchors]
 
 
@@ -88,12 +133,12 @@ class ImageBatches:
             yield self.images[i:i + self.batch_size], self.targets[i:i + self.batch_size]
 
 
-def triplet_loader(dataset, batch_size=64, fast=True, device=None, seed=None, num_workers=2):
-    """Training batches: ``TripletBatches`` (fast) or the course's shuffled ``DataLoader``."""
+def triplet_loader(dataset, batch_size=64, fast=True, device=None, seed=None, num_workers=2, sampler="dataset"):
+    """Training batches: ``TripletBatches`` (fast, with ``sampler``) or the course's shuffled ``DataLoader``."""
     if dataset.split != "train":
         raise ValueError(f"triplets come from a split='train' dataset, this one is split={dataset.split!r}")
     if fast:
-        return TripletBatches(dataset, batch_size, device=device, seed=seed)
+        return TripletBatches(dataset, batch_size, device=device, seed=seed, sampler=sampler)
     generator = torch.Generator().manual_seed(seed) if seed is not None else None
     return DataLoader(dataset, batch_size=batch_size, shuffle=True, drop_last=True, num_workers=num_workers,
                       generator=generator, persistent_workers=num_workers > 0)
@@ -111,6 +156,16 @@ def _as_plain(dataset):
     if dataset.split != "train":
         return dataset
     return type(dataset).from_tensors(dataset.images, dataset.targets, split="traineval", source=dataset.source)
+
+
+def _index_tensor(indices, method):
+    """The indices a dataset sampler returned as a long tensor; anything but an int index is an error."""
+    try:
+        return torch.tensor([operator.index(i) for i in indices], dtype=torch.long)
+    except TypeError:
+        bad = next(i for i in indices if not hasattr(type(i), "__index__"))
+        raise TypeError(f"dataset.{method} must return an int index, it returned {bad!r} "
+                        f"({type(bad).__name__}); return e.g. torch.randint(...).item()") from None
 
 
 def _uniform_below(n, generator, device):

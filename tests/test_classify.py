@@ -80,3 +80,14 @@ def test_accuracies():
     assert accuracy(preds, targets) == 0.75
     per = per_class_accuracy(preds, targets, num_classes=4)
     assert per[:3] == [1.0, 1.0, 0.5] and math.isnan(per[3])
+
+
+def test_confusion_matrix_against_a_loop():
+    from labkit.classify import confusion_matrix
+
+    preds, targets = torch.tensor([0, 1, 1, 2, 0, 2]), torch.tensor([0, 1, 2, 2, 1, 2])
+    cm = confusion_matrix(preds, targets, num_classes=3)
+    ref = torch.zeros(3, 3, dtype=torch.long)
+    for p, t in zip(preds, targets):
+        ref[t, p] += 1
+    assert torch.equal(cm, ref) and cm.sum() == 6

@@ -10,7 +10,7 @@ from tests.helpers import tiny_dataset
 
 def test_triplet_batches_follow_the_class_rules_over_many_draws():
     ds = tiny_dataset(remove_class=5)
-    batches = TripletBatches(ds, batch_size=8, seed=0)
+    batches = TripletBatches(ds, batch_size=8, seed=0, sampler="vectorised")
     pos_pairs, neg_classes = Counter(), Counter()
     for _ in range(300):
         anchors = torch.randint(len(ds), (64,))
@@ -36,7 +36,7 @@ def test_fast_and_course_sampling_have_the_same_distribution():
     n = 9000
     torch.manual_seed(0)
     course = Counter(ds.targets[ds._sample_negative(anchor)].item() for _ in range(n))
-    fast_neg = TripletBatches(ds, seed=1).sample(torch.full((n,), anchor))[1]
+    fast_neg = TripletBatches(ds, seed=1, sampler="vectorised").sample(torch.full((n,), anchor))[1]
     fast = Counter(ds.targets[fast_neg].tolist())
     assert set(course) == set(fast)
     for c in course:  # both about n / 9 = 1000; their difference has sd about 45
@@ -55,11 +55,53 @@ def test_an_epoch_visits_each_anchor_once_and_drops_the_last_partial_batch():
     assert len(torch.unique(ids, dim=0)) == 37
 
 
-def test_same_seed_same_batches():
+@pytest.mark.parametrize("sampler", ["dataset", "vectorised"])
+def test_same_seed_same_batches(sampler):
     ds = tiny_dataset()
-    a = [t for *_, t in TripletBatches(ds, 8, seed=3)]
-    b = [t for *_, t in TripletBatches(ds, 8, seed=3)]
-    assert all(torch.equal(x, y) for x, y in zip(a, b))
+    torch.manual_seed(0)
+    a = [torch.cat(batch[:3]) for batch in TripletBatches(ds, 8, seed=3, sampler=sampler)]
+    state = torch.get_rng_state()
+    b = [torch.cat(batch[:3]) for batch in TripletBatches(ds, 8, seed=3, sampler=sampler)]
+    assert len(a) == 4 and all(torch.equal(x, y) for x, y in zip(a, b))
+    assert torch.equal(state, torch.get_rng_state())  # the caller's random state is left alone
+
+
+class CountingDataset:
+    """Wraps a dataset; its samplers return a fixed image (or a bad value) and count their calls."""
+
+    def __init__(self, dataset, negative=0):
+        self.inner, self.negative, self.calls = dataset, negative, Counter()
+
+    def __getattr__(self, name):
+        return getattr(self.inner, name)
+
+    def _sample_positive(self, index):
+        self.calls["positive"] += 1
+        return self.inner._sample_positive(index)
+
+    def _sample_negative(self, index):
+        self.calls["negative"] += 1
+        return self.negative
+
+
+def test_dataset_sampler_takes_every_triplet_from_the_datasets_own_methods():
+    ds = CountingDataset(tiny_dataset(), negative=7)
+    batches = triplet_loader(ds, 8, device="cpu", seed=0)  # the default: the dataset's samplers
+    assert batches.sampler == "dataset"
+    for anchor, positive, negative, target in batches:
+        assert torch.equal(negative, ds.images[7].expand(8, 1, 28, 28))  # what _sample_negative said
+        assert (anchor != positive).any()
+    assert ds.calls == {"positive": 4 * 8, "negative": 4 * 8}
+    anchors = torch.tensor([0, 5, 9])
+    pos, neg = batches.sample(anchors)
+    assert neg.tolist() == [7, 7, 7] and (ds.targets[pos] == ds.targets[anchors]).all()
+
+
+@pytest.mark.parametrize("bad", [None, 2.0, "3"])
+def test_dataset_sampler_returning_no_index_fails_clearly(bad):
+    batches = TripletBatches(CountingDataset(tiny_dataset(), negative=bad), 8, seed=0)
+    with pytest.raises(TypeError, match="_sample_negative must return an int index"):
+        next(iter(batches))
 
 
 def test_image_batches_cover_the_dataset_in_order():
@@ -88,6 +130,8 @@ def test_bad_arguments():
         TripletBatches(tiny_dataset(), batch_size=0)
     with pytest.raises(ValueError, match="batch_size"):
         image_loader(tiny_dataset("test"), batch_size=2.5)
+    with pytest.raises(ValueError, match="unknown sampler 'student'; choose one of"):
+        triplet_loader(tiny_dataset(), sampler="student")
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
@@ -97,12 +141,14 @@ def test_fast_path_on_cuda_keeps_the_rules_and_trains_in_mixed_precision():
     from labkit.training import train
 
     ds = tiny_dataset()
-    batches = TripletBatches(ds, batch_size=8, device="cuda", seed=0)
-    anchors = torch.randint(len(ds), (4096,), device="cuda")
-    pos, neg = batches.sample(anchors)
-    targets = batches.targets
-    assert (targets[pos] == targets[anchors]).all() and (pos != anchors).all()
-    assert (targets[neg] != targets[anchors]).all()
+    for sampler in ("dataset", "vectorised"):
+        batches = TripletBatches(ds, batch_size=8, device="cuda", seed=0, sampler=sampler)
+        anchors = torch.randint(len(ds), (4096,), device="cuda")
+        pos, neg = batches.sample(anchors)
+        targets = batches.targets
+        assert pos.device.type == neg.device.type == "cuda"
+        assert (targets[pos] == targets[anchors]).all() and (pos != anchors).all()
+        assert (targets[neg] != targets[anchors]).all()
     model = prepare_model(SimpleMetricEmbedding(1, 16), "cuda")
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
     loss = train(model, optimizer, batches, "cuda", progress=False, log=False)
