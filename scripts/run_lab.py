@@ -48,7 +48,7 @@ def execute(path, out_path, timeout, workdir):
     # IPC sockets in a private folder instead of TCP on localhost: nothing listens on the network,
     # and the kernel has no reason for its "running over TCP without encryption" warning
     config = Config(KernelManager={"transport": "ipc", "ip": str(workdir / "kernel")}) if os.name == "posix" else None
-    client = NotebookClient(nb, timeout=timeout, kernel_name="python3", config=config,
+    client = NotebookClient(nb, timeout=timeout, kernel_name="python3", config=config, store_widget_state=False,
                             resources={"metadata": {"path": str(path.parent)}})
     error = None
     try:
