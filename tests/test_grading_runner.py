@@ -69,17 +69,23 @@ def tiny_reference(tmp_path_factory):
     return ref
 
 
-def run(ref, tmp_path, module, timeout=120):
-    runner = Runner(ref, tmp_path / "out", Limits(timeout=timeout, memory_mb=0))
+def run(ref, tmp_path, module, timeout=120, hidden=None):
+    runner = Runner(ref, tmp_path / "out", Limits(timeout=timeout, memory_mb=0), hidden=hidden)
     result = runner.run(1, module, "labkit/dataset.py")
-    checks, tests = task_checks(ref, None, 1)
+    checks, tests = task_checks(ref, hidden, 1)
     return result, {c["name"]: c["points"] for c in report.score_task(result, checks, tests)}
 
 
-def test_passes_count_skips_and_other_tasks_do_not(tiny_reference, tmp_path):
-    result, points = run(tiny_reference, tmp_path, HONEST)
+def test_passes_count_skips_and_other_tasks_do_not_hidden_tests_too(tiny_reference, tmp_path):
+    (tmp_path / "hidden").mkdir()
+    (tmp_path / "hidden" / "test_secret.py").write_text(
+        "import pytest\n\n@pytest.mark.task(1, points=4)\ndef test_hidden():\n"
+        "    from labkit import dataset\n    assert dataset.answer().endswith('42')\n\n"
+        "@pytest.mark.task(1, points=1)\ndef test_hidden_fails():\n    assert False\n")
+    result, points = run(tiny_reference, tmp_path, HONEST, hidden=tmp_path / "hidden")
     assert result["status"] == "ok" and result["forged"] == 0
-    assert points == {"task1_answer": 3, "test_first": 1, "test_skipped": 0, "test_module": 2}
+    assert points == {"task1_answer": 3, "test_first": 1, "test_skipped": 0, "test_module": 2, "test_hidden": 4,
+                      "test_hidden_fails": 0}
     assert not any("test_other_task" in e["id"] or "test_unmarked" in e["id"] for e in result["events"])
 
 

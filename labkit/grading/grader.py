@@ -13,7 +13,7 @@ from tqdm import tqdm
 
 from labkit.grading import report
 from labkit.grading.course import WEIGHTS, answer_cells, graded_cells, notebook_of, student_modules
-from labkit.grading.runner import Limits, Runner, task_tests
+from labkit.grading.runner import CHECKPOINT_TASKS, Limits, Runner, task_tests
 from labkit.grading.submission import find_submissions, load_submission
 
 
@@ -71,6 +71,8 @@ def grade(paths, out, reference, hidden=None, limits=Limits(), jobs=1, log=print
         return callback
 
     with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
+        if any(task in CHECKPOINT_TASKS for _, task in todo):
+            pool.submit(runner.checkpoints)  # first, so that no task run waits for it later
         unique = {}  # identical (task, module) pairs share one run: no worker waits on another's
         for sub, task in todo:
             key = runner.key(task, sub.modules[task])
