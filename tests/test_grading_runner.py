@@ -22,6 +22,7 @@ if "pytest" in sys.modules:  # in the test process (not the kernel): forge a pas
             pass
     os._exit(0)
 '''
+DIER = 'import os, sys\nif "ipykernel_launcher" in sys.argv[0]:  # in the nbval kernel only\n    os._exit(0)\n' + HONEST
 LOOPER = 'def answer():\n    while True:\n        pass\n'
 TESTS = '''import pytest
 
@@ -93,6 +94,12 @@ def test_forged_lines_are_ignored_and_exiting_keeps_only_what_passed_before(tiny
     result, points = run(tiny_reference, tmp_path, FORGER)
     assert result["status"] == "error" and result["forged"] > 0
     assert points == {"task1_answer": 3, "test_first": 1, "test_skipped": 0, "test_module": 0}
+
+
+def test_a_kernel_that_dies_fails_its_cells_at_once_and_the_run_goes_on(tiny_reference, tmp_path):
+    result, points = run(tiny_reference, tmp_path, DIER, timeout=120)
+    assert result["status"] == "ok" and result["seconds"] < 100  # not stuck until the limit
+    assert points == {"task1_answer": 0, "test_first": 1, "test_skipped": 0, "test_module": 2}
 
 
 def test_a_loop_is_cut_at_the_limit_and_every_process_of_the_run_is_gone(tiny_reference, tmp_path):

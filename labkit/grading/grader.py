@@ -3,6 +3,7 @@
 Task T of a submission runs with the student's module for T and the reference modules for every
 other task, so one bug costs its own task's points only. Identical (task, module) pairs run once.
 """
+import json
 import shutil
 import sys
 import threading
@@ -32,6 +33,13 @@ def task_checks(reference, hidden, task):
     return checks, tests
 
 
+def cell_titles(reference, task):
+    """nbval's code cell number -> the cell's first line, to name ungraded cells in feedback."""
+    nb = json.loads(notebook_of(reference, task).read_text(encoding="utf-8"))
+    sources = ["".join(c["source"]) for c in nb["cells"] if c["cell_type"] == "code"]
+    return {i: (src.strip().splitlines() or [""])[0][:70] for i, src in enumerate(sources)}
+
+
 def grade(paths, out, reference, hidden=None, limits=Limits(), jobs=1, log=print):
     """Grade the submissions under ``paths``; write grades.csv, answers.csv, feedback/ into ``out``.
 
@@ -41,6 +49,7 @@ def grade(paths, out, reference, hidden=None, limits=Limits(), jobs=1, log=print
     out.mkdir(parents=True, exist_ok=True)
     modules = student_modules(reference)
     plan = {task: task_checks(reference, hidden, task) for task in modules}
+    titles = {task: cell_titles(reference, task) for task in modules}
     maxima = {t: sum(c["points"] for c in checks) + sum(tests.values()) for t, (checks, tests) in plan.items()}
     if maxima != {t: WEIGHTS[t] for t in maxima}:
         log(f"note: the points per task {maxima} differ from the course weights {WEIGHTS}")
@@ -80,9 +89,9 @@ def grade(paths, out, reference, hidden=None, limits=Limits(), jobs=1, log=print
                 unique[key] = pool.submit(runner.run, task, sub.modules[task], modules[task])
             unique[key].add_done_callback(done(sub.student))
             jobs_of[sub.student, task] = unique[key]
-        rows = [_row(sub, modules, plan, jobs_of) for sub in subs]
+        rows = [_row(sub, modules, plan, titles, jobs_of) for sub in subs]
     bar.close()
-    shutil.rmtree(unpacked, ignore_errors=True)
+    shutil.rmtree(out / ".work", ignore_errors=True)  # the runs' folders; .cache (checkpoints) stays
     report.write_grades(rows, out)
     report.write_answers(rows, answer_points, out)
     report.write_feedback(rows, maxima, out)
@@ -90,7 +99,7 @@ def grade(paths, out, reference, hidden=None, limits=Limits(), jobs=1, log=print
     return rows, maxima
 
 
-def _row(sub, modules, plan, jobs_of):
+def _row(sub, modules, plan, titles, jobs_of):
     row = {"student": sub.student, "tasks": {}, "detail": {}, "answers": sub.answers, "flags": list(sub.flags),
            "malformed": sub.malformed, "seconds": 0.0}
     statuses = set()
@@ -108,7 +117,7 @@ def _row(sub, modules, plan, jobs_of):
         scored = report.score_task(result, checks, tests)
         row["tasks"][task] = sum(c["points"] for c in scored)
         row["detail"][task] = {"status": result["status"], "checks": scored,
-                               "cells": report.failed_cells(result, checks)}
+                               "cells": report.failed_cells(result, checks, titles[task])}
         row["seconds"] += result["seconds"]
         statuses.add(result["status"])
         if result["forged"]:

@@ -72,11 +72,39 @@ def _printed(outputs):
     return "".join(lines)
 
 
+def _fail_fast_on_a_dead_kernel():
+    """nbval waits for a cell's reply up to its cell timeout even when the kernel has died (e.g.
+    ``os._exit`` in a student module): poll in one-second slices and fail the cell at once instead."""
+    try:
+        from queue import Empty
+
+        from nbval.kernel import RunningKernel
+    except ImportError:
+        return
+    original = RunningKernel.await_reply
+
+    def await_reply(self, msg_id, timeout=None):
+        waited = 0
+        while True:
+            try:
+                return original(self, msg_id, timeout=1)
+            except Empty:
+                waited += 1
+                if not self.is_alive():
+                    raise RuntimeError("the kernel died while running this cell (os._exit, a crash or "
+                                       "the memory limit)") from None
+                if timeout is not None and waited >= timeout:
+                    raise
+
+    RunningKernel.await_reply = await_reply
+
+
 def pytest_configure(config):
     config.addinivalue_line("markers", "task(number, points=1): a task test worth points for that task")
     fd, secret = os.environ.pop("LABKIT_GRADE_FD", None), os.environ.pop("LABKIT_GRADE_SECRET", None)
     if fd is None or secret is None:
         return
     os.set_inheritable(int(fd), False)
+    _fail_fast_on_a_dead_kernel()
     task = os.environ.get("LABKIT_GRADE_TASK")
     config.pluginmanager.register(Reporter(int(fd), secret.encode(), int(task) if task else None), "labkit-grade")

@@ -66,14 +66,17 @@ def _missing(result):
     return "not run: the check was not collected or never reported"
 
 
-def failed_cells(result, checks):
-    """Ungraded cells that failed (e.g. training crashing): they explain why later checks fail."""
+def failed_cells(result, checks, titles=None):
+    """Ungraded cells that failed (e.g. training crashing): they explain why later checks fail.
+    ``titles``: {nbval cell number: the cell's first line}, to name the cell."""
     graded = {c["nodeid"] for c in checks}
     lines = []
     for e in result.get("events", []):
         if e["outcome"] == "failed" and e["id"] not in graded and "::Cell" in e["id"]:
+            number = int(e["id"].rsplit(" ", 1)[-1])
+            name = f"the cell `{titles[number]}`" if titles and titles.get(number) else f"cell {number}"
             error = [ln for ln in e.get("printed", "").splitlines() if re.match(r"\w+(Error|Exception)\b", ln)]
-            lines.append(f"{e['id'].split('::')[-1]} (not graded) failed" + (f": {error[-1]}" if error else ""))
+            lines.append(f"{name} (not graded) failed" + (f": {error[-1]}" if error else ""))
     return lines
 
 
