@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: lab test notebooks bench jupyter student clean
+.PHONY: lab test notebooks bench jupyter student clean grade
 
 lab: $(STAMP)             ## run notebooks 01-04 headless into out/ and print the results table
 	@$(BIN)/python scripts/run_lab.py --out out
@@ -20,6 +20,10 @@ jupyter: $(STAMP)         ## JupyterLab on the notebooks, from the project's env
 
 bench: $(STAMP)           ## course pipeline vs fast path, printed side by side
 	$(BIN)/python benchmarks/bench_pipeline.py
+
+grade: $(STAMP)           ## grade submissions: make grade SUBMISSIONS="folder-or-zips..." [GRADE_OUT=grades JOBS=2]
+	@test -n "$(SUBMISSIONS)" || { echo 'usage: make grade SUBMISSIONS="class/ or a.zip b/ ..."'; exit 2; }
+	$(BIN)/python -m labkit.grade $(SUBMISSIONS) --out $(or $(GRADE_OUT),grades) --jobs $(or $(JOBS),2)
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
