@@ -124,7 +124,7 @@ def check_triplets(dataset, draws=DRAWS, seed=0):
         reach = all({targets[m].item() for m in neg()[a]} == set(range(10)) - {targets[a].item()} for a in range(n))
         return reach and 0.07 < sum(big) / len(big) < 0.16 and {m for _, m in pairs(neg)} == set(range(n))
 
-    _report("negatives: an other class uniformly, then any image of it", uniform_classes)
+    _report("negatives: another class uniformly at random, then any of its images", uniform_classes)
 
     def item_ok():
         item = ds()[3]

@@ -130,7 +130,7 @@ def test_task1_checks_pass_the_reference_with_the_same_lines_on_any_data(dataset
     (PositiveAnyImage, ["positives share the anchor's class", "positives reach every other image"]),
     (PositiveAlwaysTheFirstOther, ["positives reach every other image"]),
     (NegativeMayShareTheClass, ["negatives come from another class"]),
-    (NegativeImageUniform, ["negatives: an other class uniformly"]),
+    (NegativeImageUniform, ["negatives: another class uniformly"]),
 ])
 def test_check_triplets_flags_wrong_samplers_on_any_data(cls, flagged, datasets, capsys):
     outs = [lines(capsys, checks.check_triplets, as_class(cls, ds)) for ds in datasets.values()]
