@@ -149,7 +149,7 @@ def drop_make_targets(text, names):
             line = " ".join(w for w in line.rstrip("\n").split(" ") if w not in names) + "\n"
         if not skipping:
             out.append(line)
-    return "".join(out)
+    return re.sub(r"\n{3,}", "\n\n", "".join(out))  # no gaps where rules were
 
 
 def student_readme(owner, name, points):
