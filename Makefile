@@ -12,6 +12,10 @@ lab: $(STAMP)             ## run notebooks 01-04 headless into out/ and print th
 test: $(STAMP)            ## unit tests + nbval over all notebooks (on the bundled sample)
 	$(BIN)/python -m pytest
 
+.PHONY: check
+check: $(STAMP)           ## the grader's per-task report for this checkout (no hidden tests): a student's self-check
+	$(BIN)/python -m labkit.grade --self
+
 notebooks: $(STAMP)       ## re-execute the notebooks in place: the stored outputs nbval compares
 	$(BIN)/python scripts/run_lab.py --refresh --out build/refresh
 
