@@ -6,6 +6,7 @@ import torch
 import torch.nn.functional as F
 
 from labkit.classify import mean_distances
+from labkit.viz import pca
 
 
 def sample_triplets(dataset, count, seed=0):
@@ -54,12 +55,9 @@ def misclassified(preds, targets):
 
 
 def principal_components(features, q=5):
-    """The centred features projected on their first ``q`` principal components, (N, q), widest first
-    (an exact SVD, for choosing which components to look at; Task 4's ``pca_2d`` gives the first two)."""
-    x = features.float().cpu()
-    centred = x - x.mean(0, keepdim=True)
-    _, _, vh = torch.linalg.svd(centred, full_matrices=False)
-    return centred @ vh[:q].T
+    """The centred features on their first ``q`` principal components, (N, q), widest first: Task 4's
+    ``labkit.viz.pca`` with more components, for choosing which ones to look at."""
+    return pca(features, q)
 
 
 def negative_shares(dataset, draws=5000, seed=0, num_classes=10):

@@ -83,17 +83,22 @@ def plot_feature_maps(model, image, channels=6):
     return fig
 
 
-def pca_2d(features):
-    """Project (N, D) features on their first two principal components, (N, 2), the first the widest."""
+def pca(features, q=2):
+    """Project (N, D) features on their first ``q`` principal components, (N, q), the widest first."""
     x = features.float().cpu()
-    # points = the centred x projected on its two directions of largest variance (torch.pca_lowrank
+    # points = the centred x projected on its q directions of largest variance (torch.pca_lowrank
     # with center=False on the centred data, or torch.linalg.svd)
     # BEGIN SOLUTION
     centred = x - x.mean(0, keepdim=True)
-    _, _, v = torch.pca_lowrank(centred, q=2, center=False)
-    points = centred @ v[:, :2]  # (N, 2)
+    _, _, v = torch.pca_lowrank(centred, q=q, center=False)
+    points = centred @ v[:, :q]  # (N, q)
     # END SOLUTION
     return points
+
+
+def pca_2d(features):
+    """The first two principal components of (N, D) features, (N, 2): the pictures of Task 4."""
+    return pca(features, 2)
 
 
 def plot_pca_panels(panels, targets, unseen_class=None, palette="tab10", highlight=None, components=(1, 2)):

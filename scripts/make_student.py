@@ -33,10 +33,14 @@ import xml.etree.ElementTree as ET
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from labkit.grading.course import TASKS as COURSE_TASKS  # noqa: E402  (after the path set-up)
+
 TEMPLATES = REPO / "scripts" / "edition"
 BEGIN = re.compile(r"^(\s*)# BEGIN SOLUTION\s*$")
 END = re.compile(r"^\s*# END SOLUTION\s*$")
-TASKS = {"dataset.py": "Task 1", "model.py": "Task 2", "classify.py": "Task 3", "viz.py": "Task 4"}
+TASKS = {module: f"Task {task}" for module, task in COURSE_TASKS.items()}  # the grader's one mapping
 COPY = ["labkit", "notebooks", "tests", "scripts", "Makefile", "pyproject.toml", "environment.yml",
         "conftest.py", ".gitignore"]
 INSTRUCTOR_ONLY = [  # paths relative to the repository (fnmatch patterns); never in an edition

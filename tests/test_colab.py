@@ -19,8 +19,9 @@ from nbclient.exceptions import CellExecutionError
 
 REPO = Path(__file__).resolve().parent.parent
 NOTEBOOKS = sorted((REPO / "notebooks").glob("[0-9]*.ipynb"))
-URL_LINE = 'REPO_URL = "https://github.com/metric-lab/metric-lab"'
-BADGE = re.compile(r"https://colab\.research\.google\.com/github/metric-lab/metric-lab/blob/main/notebooks/"
+# the repository the workbook lives at: metric-lab/metric-lab, or the course's own in a student edition
+URL_LINE = re.compile(r'REPO_URL = "https://github\.com/(?P<repo>[\w.-]+/[\w.-]+)"')
+BADGE = re.compile(r"https://colab\.research\.google\.com/github/(?P<repo>[\w.-]+/[\w.-]+)/blob/main/notebooks/"
                    r"(\d\d_\w+\.ipynb)")
 END_OF_COLAB_PART = "labkit.colab.setup(WORKBOOK)"
 
@@ -48,10 +49,12 @@ def test_every_setup_cell_has_the_same_colab_part():
 @pytest.mark.parametrize("notebook", NOTEBOOKS, ids=lambda p: p.name)
 def test_the_repository_url_is_one_line_and_the_badge_names_the_notebook(notebook):
     source = setup_cell(notebook)
-    assert [line for line in source.splitlines() if "github.com" in line] == [URL_LINE]
+    lines = [line for line in source.splitlines() if "github.com" in line]
+    assert len(lines) == 1 and URL_LINE.fullmatch(lines[0]), lines
     assert "2>/dev/null" not in source and "|| true" not in source
-    badges = BADGE.findall(nbformat.read(notebook, as_version=4).cells[0].source)
-    assert badges == [notebook.name]
+    badges = list(BADGE.finditer(nbformat.read(notebook, as_version=4).cells[0].source))
+    assert [b.group(2) for b in badges] == [notebook.name]
+    assert badges[0].group("repo") == URL_LINE.fullmatch(lines[0]).group("repo")  # badge and clone agree
 
 
 def make_stand_in_colab(folder):
