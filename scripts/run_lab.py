@@ -48,7 +48,7 @@ def execute(path, out_path, timeout, workdir):
     # IPC sockets in a private folder instead of TCP on localhost: nothing listens on the network,
     # and the kernel has no reason for its "running over TCP without encryption" warning
     config = Config(KernelManager={"transport": "ipc", "ip": str(workdir / "kernel")}) if os.name == "posix" else None
-    client = NotebookClient(nb, timeout=timeout, kernel_name="python3", config=config, store_widget_state=False,
+    client = NotebookClient(nb, timeout=timeout, kernel_name="python3", config=config,
                             resources={"metadata": {"path": str(path.parent)}})
     error = None
     try:
@@ -57,6 +57,9 @@ def execute(path, out_path, timeout, workdir):
         error = exc
     for cell in nb.cells:  # execution timestamps would make every re-run a diff
         cell.metadata.pop("execution", None)
+    # widget state (50-300 kB per notebook, a PNG included) is only for a live kernel; nbclient's
+    # store_widget_state=False breaks its output widgets, so drop the state after the run instead
+    nb.metadata.pop("widgets", None)
     if error is None or out_path.parent != path.parent:  # a failed run never replaces a stored notebook
         text = nbformat.writes(nb)
         outputs.atomic_write(out_path, lambda f: f.write(text.encode() + (b"" if text.endswith("\n") else b"\n")))
