@@ -12,6 +12,7 @@ from tqdm.auto import tqdm
 
 from labkit.classify import class_sums, means_from_sums, nearest_mean
 from labkit.device import mixed_precision, model_device
+from labkit.fastops import fast_layers
 
 PROGRESS_ENV = "LABKIT_PROGRESS"
 
@@ -27,13 +28,14 @@ def train(model, optimizer, loader, device=None, *, progress=None, log=True, amp
     """One epoch of triplet training; returns the mean loss over its batches.
 
     ``amp``: convolutions in bfloat16 where the hardware has it (``labkit.device.mixed_precision``).
+    On a CPU the layers run through ``labkit.fastops.fast_layers`` (same modules, same gradients).
     """
     device = model_device(model, device)
     model.train()
     total, batches, start = torch.zeros((), device=device), 0, time.perf_counter()
     bar = tqdm(loader, desc=desc, disable=not progress_enabled(progress), leave=False)
     for anchor, positive, negative, _ in bar:
-        with mixed_precision(model, device, amp):
+        with fast_layers(model), mixed_precision(model, device, amp):
             loss = model.loss(anchor.to(device), positive.to(device), negative.to(device))
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
