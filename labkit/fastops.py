@@ -3,17 +3,18 @@
 ``fast_layers(model)`` is a context manager: inside it, the layers it has a faster way to run on a
 CPU run that way (the module's ``forward`` is replaced on the instance and restored on exit; the
 parameters, ``state_dict`` and class of every module stay untouched). Everything it does not
-handle (other layer types or settings, CUDA, other dtypes) runs the plain module.
+handle (other layer types or settings, CUDA, other dtypes, hooks a user added) runs the plain module.
 
-* A convolution with **one input channel** (the image's first layer): oneDNN runs its weight
-  gradient slowly; here the input is unfolded once into its 3x3 patches (9 values per pixel, kept
-  for the backward pass instead of the image) and the layer is a 1x1 convolution over them, whose
-  forward and weight gradient are single well-shaped matrix products. The input gradient (needed
-  only when something trainable, e.g. a GroupNorm, comes before) is the transposed product folded
-  back onto the image.
+* **The image's block**, GroupNorm(1 channel) -> ReLU -> Conv2d(1 -> C), in float32 training: oneDNN
+  computes the 1-input-channel convolution's gradients slowly. Here the normalised image is
+  unfolded once into its 3x3 patches, the convolution is one matrix product over them, and its
+  backward pass is one more product that yields the weight gradient and, by the same sums, the
+  GroupNorm's two parameter gradients (``_FirstBlock`` shows how); the image needs no gradient.
+* Any other **1-input-channel convolution** (and the image's block under bf16 autocast): a 1x1
+  convolution over the unfolded patches, whose weight gradient oneDNN computes fast.
 * **GroupNorm followed by ReLU** (adjacent in an ``nn.Sequential``) on channels_last maps: the CPU's
   GroupNorm is slow in that layout; here the statistics are reductions over the contiguous pixel
-  axis, normalisation and ReLU are one pass, and the backward pass is four passes over the map.
+  axis, normalisation and ReLU one pass, the backward pass four passes over the map.
 """
 import contextlib
 
@@ -54,7 +55,7 @@ def _is_norm_relu(norm, relu):
     """GroupNorm then ReLU, with no hooks but mixed_precision's float32 cast (which the fused path does)."""
     from labkit.device import _inputs_to_float32
 
-    return (type(norm) is nn.GroupNorm and type(relu) is nn.ReLU and norm.affine
+    return (type(norm) is nn.GroupNorm and type(relu) is nn.ReLU and norm.affine and norm.weight.dtype == torch.float32
             and all(h is _inputs_to_float32 for h in norm._forward_pre_hooks.values())
             and not (norm._forward_hooks or relu._forward_hooks or relu._forward_pre_hooks))
 
@@ -67,7 +68,7 @@ def _sequential_fused(seq, x):
             norm, conv = modules[i], modules[i + 2]
             x = _FirstBlock.apply(x, norm.weight, norm.bias, conv.weight, conv.bias, norm.eps, conv.padding)
             i += 3
-        elif i + 1 < len(modules) and _is_norm_relu(modules[i], modules[i + 1]) and _norm_relu_applies(x):
+        elif i + 1 < len(modules) and _is_norm_relu(modules[i], modules[i + 1]) and _norm_relu_applies(x, modules[i]):
             norm = modules[i]
             x = _GroupNormReLU.apply(x.float(), norm.weight, norm.bias, norm.num_groups, norm.eps)
             i += 2
@@ -77,8 +78,13 @@ def _sequential_fused(seq, x):
     return x
 
 
-def _norm_relu_applies(x):
-    return (torch.is_tensor(x) and x.device.type == "cpu" and x.dim() == 4 and x.dtype in (torch.float32, torch.bfloat16)
+def _norm_relu_applies(x, norm):
+    """A channels_last float32 map on the CPU, or a bf16 one that mixed_precision casts to float32 for ``norm``."""
+    from labkit.device import _inputs_to_float32
+
+    cast = any(h is _inputs_to_float32 for h in norm._forward_pre_hooks.values())
+    return (torch.is_tensor(x) and x.device.type == "cpu" and x.dim() == 4
+            and (x.dtype == torch.float32 or (cast and x.is_floating_point()))
             and x.permute(0, 2, 3, 1).is_contiguous())
 
 
@@ -127,7 +133,7 @@ def _first_block_applies(modules, x):
     norm, relu, conv = modules
     return (_is_norm_relu(norm, relu) and norm.num_channels == 1 and type(conv) is nn.Conv2d
             and _single_channel_conv_applies(conv) and not conv._forward_hooks
-            and not conv._forward_pre_hooks and _norm_relu_applies(x) and not x.requires_grad
+            and not conv._forward_pre_hooks and _norm_relu_applies(x, norm) and not x.requires_grad
             and torch.is_grad_enabled() and not torch.is_autocast_enabled("cpu")
             and x.dtype == conv.weight.dtype == torch.float32 and x.shape[1] == 1)
 
