@@ -1,7 +1,7 @@
 """Course pipeline vs labkit's fast path: the whole lab (3b + 3c + 3e), timed stage by stage.
 
     python benchmarks/bench_pipeline.py [--data auto|fashion|sample] [--seeds 3] [--epochs 3]
-                                        [--no-memory] [--clock-ghz GHZ]
+                                        [--fraction 0.25] [--no-memory] [--clock-ghz GHZ]
 
 Both pipelines run in this one process on the same data and settings (batch 64, emb 32, Adam 1e-3,
 class means and test accuracy after every epoch, as the course's script does) and are printed side
@@ -54,7 +54,7 @@ def fashion_dir():
         return FASHION_DIR if FASHION_DIR.exists() else None
 
 
-def load_data(kind, limit=None):
+def load_data(kind, limit=None, fraction=None):
     if kind in ("auto", "fashion") and fashion_dir():
         folder = fashion_dir()
         train, test = load_idx_digits(folder, True, "fashion-mnist"), load_idx_digits(folder, False, "fashion-mnist")
@@ -66,6 +66,9 @@ def load_data(kind, limit=None):
         name = "bundled MNIST sample"
     if limit:  # a smaller run for smoke tests: the first images (both files are in random class order)
         train, test = [type(d)(d.images[:limit], d.targets[:limit], d.source) for d in (train, test)]
+    if fraction:  # a shorter run with the lab's proportions: the first part of each split
+        train, test = [type(d)(d.images[:round(fraction * len(d.targets))], d.targets[:round(fraction * len(d.targets))],
+                               d.source) for d in (train, test)]
     return name, train, test
 
 
@@ -339,6 +342,8 @@ def main():
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--workers", type=int, default=4, help="DataLoader workers of the course pipeline")
     parser.add_argument("--limit", type=int, default=None, help="use only the first N images of each split")
+    parser.add_argument("--fraction", type=float, default=None,
+                        help="use only this fraction of each split (keeps the train/test proportion)")
     parser.add_argument("--device", default=None)
     parser.add_argument("--no-memory", action="store_true", help="skip the embedding-memory measurement")
     parser.add_argument("--clock-ghz", type=float, default=None,
@@ -348,7 +353,7 @@ def main():
     warnings.filterwarnings("ignore", message=".*worker processes in total.*")
 
     device = pick_device(args.device)
-    name, train, test = load_data(args.data, args.limit)
+    name, train, test = load_data(args.data, args.limit, args.fraction)
     print(f"data: {name} ({len(train.targets)} train / {len(test.targets)} test images)")
     cpu = cpu_name()
     gpu = f", {torch.cuda.get_device_name(device)}" if device.type == "cuda" else ""
