@@ -1,10 +1,13 @@
 """Course pipeline vs labkit's fast path: the whole lab (3b + 3c + 3e), timed stage by stage.
 
     python benchmarks/bench_pipeline.py [--data auto|fashion|sample] [--seeds 3] [--epochs 3]
+                                        [--fraction 0.25] [--no-memory] [--clock-ghz GHZ]
 
 Both pipelines run in this one process on the same data and settings (batch 64, emb 32, Adam 1e-3,
 class means and test accuracy after every epoch, as the course's script does) and are printed side
-by side: seconds per stage (mean over seeds), the ratio, peak memory and accuracies (mean ± sd).
+by side: seconds per stage (mean over seeds), the ratio, peak memory and accuracies (mean ± sd),
+and the time of one training step against the FLOP limit: the step's floating-point operations
+(counted from the model's layer shapes) at the CPU's peak rate (``flop_limit`` says how).
 Default data: full Fashion-MNIST from Debian's ``dataset-fashion-mnist`` package when installed
 (MNIST's format and size; MNIST itself cannot be downloaded everywhere), else the bundled sample.
 """
@@ -51,7 +54,7 @@ def fashion_dir():
         return FASHION_DIR if FASHION_DIR.exists() else None
 
 
-def load_data(kind, limit=None):
+def load_data(kind, limit=None, fraction=None):
     if kind in ("auto", "fashion") and fashion_dir():
         folder = fashion_dir()
         train, test = load_idx_digits(folder, True, "fashion-mnist"), load_idx_digits(folder, False, "fashion-mnist")
@@ -63,6 +66,9 @@ def load_data(kind, limit=None):
         name = "bundled MNIST sample"
     if limit:  # a smaller run for smoke tests: the first images (both files are in random class order)
         train, test = [type(d)(d.images[:limit], d.targets[:limit], d.source) for d in (train, test)]
+    if fraction:  # a shorter run with the lab's proportions: the first part of each split
+        train, test = [type(d)(d.images[:round(fraction * len(d.targets))], d.targets[:round(fraction * len(d.targets))],
+                               d.source) for d in (train, test)]
     return name, train, test
 
 
@@ -77,7 +83,7 @@ class Timer:
     """Accumulates seconds per stage; synchronises CUDA so a stage's time is its own."""
 
     def __init__(self, device):
-        self.device, self.seconds = device, defaultdict(float)
+        self.device, self.seconds, self.steps = device, defaultdict(float), 0
 
     @contextmanager
     def __call__(self, stage):
@@ -145,6 +151,7 @@ def lab_course(train, test, seed, epochs, device, timer, workers):
         model = SimpleMetricEmbedding(1, 32).to(device)
         optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
         for _ in range(epochs):
+            timer.steps += len(train_loader)
             with timer("train"):
                 course.train(model, optimizer, train_loader, device)
             with timer("class means"):  # from a triplet loader over all digits, as the course does
@@ -173,6 +180,7 @@ def lab_fast(train, test, seed, epochs, device, timer, amp=True):
         model = prepare_model(SimpleMetricEmbedding(1, 32), device)
         optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
         for _ in range(epochs):
+            timer.steps += len(batches)
             with timer("train"):
                 training.train(model, optimizer, batches, device, log=False, amp=amp, **quiet)
             with timer("class means"):
@@ -227,6 +235,90 @@ def embedding_memory(data, device, sizes=(10_000, 35_000, 70_000)):
     return rows
 
 
+# ---------------------------------------------------------------- the FLOP limit of a training step
+def step_flops(batch=192):
+    """Floating-point operations of one training step of 64 triplets (192 images), from the layer
+    shapes: each convolution's multiply-adds are (output elements) x (input channels / groups) x
+    (kernel area), counted on a forward pass through hooks; a multiply-add is 2 FLOPs; the backward
+    pass costs twice the forward (input gradient + weight gradient), so a step is 3x the forward.
+    Normalisation, pooling, ReLU, the loss and Adam are not counted (a few FLOPs per byte moved)."""
+    model, macs = SimpleMetricEmbedding(1, 32), [0]
+
+    def count(module, inputs, output):
+        kh, kw = module.kernel_size
+        macs[0] += output.numel() * module.in_channels // module.groups * kh * kw
+
+    for m in model.modules():
+        if isinstance(m, torch.nn.Conv2d):
+            m.register_forward_hook(count)
+    with torch.no_grad():
+        model.get_features(torch.zeros(batch, 1, 28, 28))
+    return 3 * 2 * macs[0]
+
+
+def cpu_flags():
+    try:
+        with open("/proc/cpuinfo") as f:
+            info = f.read()
+    except OSError:
+        return "", set(), 0, 0.0
+    field = lambda name: next((line.split(":", 1)[1].strip() for line in info.splitlines()
+                               if line.startswith(name)), "")
+    mhz = float(field("cpu MHz") or 0)
+    return field("vendor_id"), set(field("flags").split()), int(field("cpu family") or 0), mhz
+
+
+def fma_lanes():
+    """float32 multiply-adds per cycle and core, and how that was decided: two FMA pipes on every
+    x86 core since Haswell/Zen; 512 bits wide on Intel's AVX-512 cores, 256 bits on AMD's Zen 2-4
+    (Zen 4 runs AVX-512 as two 256-bit halves), 512 on Zen 5."""
+    vendor, flags, family, _ = cpu_flags()
+    if "avx512f" in flags and (vendor == "GenuineIntel" or family >= 26):
+        return 2 * 16, "2 FMA pipes x 16 float32 lanes (512-bit)"
+    if "avx512f" in flags or "fma" in flags:
+        note = ", AVX-512 as two 256-bit halves" if "avx512f" in flags else ""
+        return 2 * 8, f"2 FMA pipes x 8 float32 lanes (256-bit{note})"
+    return 4, "1 FMA pipe x 4 float32 lanes (128-bit; no FMA flag)"
+
+
+def measured_gemm_gflops(threads):
+    """Best rate of a large float32 1x1 convolution (a plain matrix product through oneDNN) on
+    ``threads`` threads: what the CPU sustains on the most compute-bound work there is."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    x = torch.randn(32, 512, 32, 32).contiguous(memory_format=torch.channels_last)
+    w = torch.randn(512, 512, 1, 1).contiguous(memory_format=torch.channels_last)
+    flops, best = 2 * 32 * 32 * 32 * 512 * 512, 0.0
+    with torch.no_grad():
+        for _ in range(8):
+            start = time.perf_counter()
+            torch.conv2d(x, w)
+            best = max(best, flops / (time.perf_counter() - start) / 1e9)
+    torch.set_num_threads(previous)
+    return best
+
+
+def flop_limit(clock_ghz=None):
+    """Peak float32 rate (GFLOP/s) of the cores torch uses and a description of how it was found:
+    cores x FMA pipes x lanes x 2 FLOPs x clock. The clock is ``clock_ghz`` if given, else the larger
+    of /proc/cpuinfo's "cpu MHz" (the base or, in a VM, the TSC rate) and the clock a measured
+    one-thread matrix product implies at 100 % of the FMA rate (a lower bound of the boost clock)."""
+    cores = torch.get_num_threads()
+    lanes, how = fma_lanes()
+    _, _, _, mhz = cpu_flags()
+    one_thread = measured_gemm_gflops(1)
+    implied = one_thread / (2 * lanes)
+    if clock_ghz:
+        clock, source = clock_ghz, "given"
+    elif implied > mhz / 1000:
+        clock, source = implied, f"implied by a 1-thread GEMM at {one_thread:.0f} GFLOP/s (cpuinfo says {mhz / 1000:.2f})"
+    else:
+        clock, source = mhz / 1000, "cpuinfo's cpu MHz"
+    peak = cores * lanes * 2 * clock
+    return peak, (f"{cores} cores x {how} x 2 FLOPs x {clock:.2f} GHz ({source}) = {peak:.0f} GFLOP/s; "
+                  f"measured GEMM on {cores} threads: {measured_gemm_gflops(cores):.0f} GFLOP/s")
+
+
 # ---------------------------------------------------------------- report
 def cpu_name():
     """The CPU's model name (Linux), else what ``platform`` knows."""
@@ -250,13 +342,18 @@ def main():
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--workers", type=int, default=4, help="DataLoader workers of the course pipeline")
     parser.add_argument("--limit", type=int, default=None, help="use only the first N images of each split")
+    parser.add_argument("--fraction", type=float, default=None,
+                        help="use only this fraction of each split (keeps the train/test proportion)")
     parser.add_argument("--device", default=None)
+    parser.add_argument("--no-memory", action="store_true", help="skip the embedding-memory measurement")
+    parser.add_argument("--clock-ghz", type=float, default=None,
+                        help="the CPU's clock under load for the FLOP limit (default: estimated, see flop_limit)")
     args = parser.parse_args()
     # the course's 4 workers on a 2-core machine draw a warning per loader; it is the point of the baseline
     warnings.filterwarnings("ignore", message=".*worker processes in total.*")
 
     device = pick_device(args.device)
-    name, train, test = load_data(args.data, args.limit)
+    name, train, test = load_data(args.data, args.limit, args.fraction)
     print(f"data: {name} ({len(train.targets)} train / {len(test.targets)} test images)")
     cpu = cpu_name()
     gpu = f", {torch.cuda.get_device_name(device)}" if device.type == "cuda" else ""
@@ -265,6 +362,12 @@ def main():
           f"seeds 0..{args.seeds - 1}", flush=True)
     native = bf16_fast(device)
     print(f"bf16 convolutions (fast path's default): {'native here, used' if native else 'not native here, off'}")
+    print("load average at start: %.2f %.2f %.2f" % os.getloadavg(), flush=True)
+    flops = step_flops()
+    if device.type == "cpu":
+        peak, how = flop_limit(args.clock_ghz)
+        print(f"FLOP limit: a training step (64 triplets = 192 images) is {flops / 1e9:.2f} GFLOP "
+              f"(3 x forward multiply-adds x 2); peak {how}", flush=True)
 
     pipelines = {"course": lambda s, t: lab_course(train, test, s, args.epochs, device, t, args.workers),
                  "fast fp32": lambda s, t: lab_fast(train, test, s, args.epochs, device, t, amp=False),
@@ -279,7 +382,8 @@ def main():
             start = time.perf_counter()
             with peak_memory(device, mem):
                 acc = run(seed, timer)
-            runs.append(dict(seconds=dict(timer.seconds), total=time.perf_counter() - start, acc=acc, mem=mem))
+            runs.append(dict(seconds=dict(timer.seconds), total=time.perf_counter() - start, acc=acc, mem=mem,
+                             steps=timer.steps))
             print(f"  {label} seed {seed}: {runs[-1]['total']:.1f} s, "
                   + ", ".join(f"{k} {v:.2%}" for k, v in sorted(acc.items())), flush=True)
         results[label] = runs
@@ -294,6 +398,15 @@ def main():
         title = "whole lab (3b+3c+3e)" if stage == "total" else f"{stage} (s)"
         print(f"{title:<30}{c:>16.1f}" + "".join(f"{avg(label, stage):>16.1f}{c / avg(label, stage):>9.1f}x"
                                                 for label in others))
+    step_ms = {label: 1000 * sum(r["seconds"]["train"] for r in results[label]) / sum(r["steps"] for r in results[label])
+               for label in results}
+    c = step_ms["course"]
+    print(f"{'train step (ms, 192 images)':<30}{c:>16.1f}" + "".join(f"{step_ms[label]:>16.1f}{c / step_ms[label]:>9.1f}x"
+                                                                 for label in others))
+    if device.type == "cpu":
+        limit = 1000 * flops / (peak * 1e9)
+        print(f"{'  x FLOP limit (' + f'{limit:.1f} ms)':<30}{c / limit:>15.1f}x"
+              + "".join(f"{step_ms[label] / limit:>15.1f}x{'':>10}" for label in others))
     for kind in ("host", "cuda"):
         if kind in results["course"][0]["mem"]:
             peaks = [max(r["mem"][kind] for r in results[label]) for label in results]
@@ -303,6 +416,9 @@ def main():
         cells = [mean_sd([r["acc"][task] for r in results[label]], 100, 2) for label in results]
         print(f"{'accuracy ' + task + ' (%)':<30}{cells[0]:>16}" + "".join(f"{c:>16}{'':>10}" for c in cells[1:]))
 
+    print("load average at end: %.2f %.2f %.2f" % os.getloadavg())
+    if args.no_memory:
+        return
     print("\nembedding N images in batches of 256, each in a fresh process (peak RSS above the loaded data):")
     for n, extra_mb, shape in embedding_memory(args.data, device):
         print(f"  N = {n:>6}: {extra_mb:6.0f} MB  (features {shape})")

@@ -12,6 +12,7 @@ from tqdm.auto import tqdm
 
 from labkit.classify import class_sums, means_from_sums, nearest_mean
 from labkit.device import mixed_precision, model_device
+from labkit.fastops import fast_layers
 
 PROGRESS_ENV = "LABKIT_PROGRESS"
 PROGRESS_VALUES = {"1": True, "true": True, "yes": True, "on": True, "0": False, "false": False, "no": False,
@@ -33,6 +34,7 @@ def train(model, optimizer, loader, device=None, *, progress=None, log=True, amp
     """One epoch of triplet training; returns the mean loss over its batches.
 
     ``amp``: convolutions in bfloat16 where the hardware has it (``labkit.device.mixed_precision``).
+    On a CPU the layers run through ``labkit.fastops.fast_layers`` (same modules, same gradients).
     """
     device = model_device(model, device)
     model.train()
@@ -40,7 +42,7 @@ def train(model, optimizer, loader, device=None, *, progress=None, log=True, amp
     losses = []  # each batch's loss, kept on the device: names the first non-finite one without a sync per step
     bar = tqdm(loader, desc=desc, disable=not progress_enabled(progress), leave=False)
     for anchor, positive, negative, _ in bar:
-        with mixed_precision(model, device, amp):
+        with fast_layers(model), mixed_precision(model, device, amp):
             loss = model.loss(anchor.to(device), positive.to(device), negative.to(device))
         optimizer.zero_grad(set_to_none=True)
         loss.backward()

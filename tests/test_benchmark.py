@@ -15,8 +15,20 @@ def test_benchmark_smoke():
     assert result.returncode == 0, result.stderr[-3000:]
     out = result.stdout
     for row in ("train (s)", "class means (s)", "evaluate (s)", "whole lab (3b+3c+3e)", "peak host memory",
+                "train step (ms, 192 images)", "x FLOP limit", "FLOP limit: a training step", "load average at end",
                 "accuracy 3b (%)", "accuracy 3c (%)", "accuracy 3e (%)", "N =  70000"):
         assert row in out, row
     # both pipelines ran both seeds
     assert out.count("course seed") == 2 and out.count("fast seed") == 2
     assert "bf16 convolutions" in out
+
+
+def test_step_flops_count_the_three_convolutions():
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    try:
+        import bench_pipeline
+    finally:
+        sys.path.remove(str(REPO / "benchmarks"))
+    # by hand: 1 -> 32 channels on 28 x 28, 32 -> 32 on 13 x 13 and on 6 x 6, 3 x 3 kernels, 'same' padding
+    macs_per_image = 28 * 28 * 32 * 1 * 9 + 13 * 13 * 32 * 32 * 9 + 6 * 6 * 32 * 32 * 9
+    assert bench_pipeline.step_flops(192) == 3 * 2 * 192 * macs_per_image

@@ -1,0 +1,273 @@
+"""Faster CPU kernels for the lab's layers in training: the same modules, weights and gradients.
+
+``fast_layers(model)`` is a context manager: inside it, the layers it has a faster way to run on a
+CPU run that way (the module's ``forward`` is replaced on the instance and restored on exit; the
+parameters, ``state_dict`` and class of every module stay untouched). Everything it does not
+handle (other layer types or settings, CUDA, other dtypes, hooks a user added) runs the plain module.
+
+* **The image's block**, GroupNorm(1 channel) -> ReLU -> Conv2d(1 -> C), in float32 training: oneDNN
+  computes the 1-input-channel convolution's gradients slowly. Here the normalised image is
+  unfolded once into its 3x3 patches, the convolution is one matrix product over them, and its
+  backward pass is one more product that yields the weight gradient and, by the same sums, the
+  GroupNorm's two parameter gradients (``_FirstBlock`` shows how); the image needs no gradient.
+* Any other **1-input-channel convolution** (and the image's block under bf16 autocast): a 1x1
+  convolution over the unfolded patches, whose weight gradient oneDNN computes fast.
+* **GroupNorm followed by ReLU** (adjacent in an ``nn.Sequential``) on channels_last maps: the CPU's
+  GroupNorm is slow in that layout; here the statistics are reductions over the contiguous pixel
+  axis, normalisation and ReLU one pass, the backward pass four passes over the map.
+"""
+import contextlib
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+@contextlib.contextmanager
+def fast_layers(model, enabled=True):
+    """Run the layers of ``model`` this module has a faster CPU path for through it, inside the block."""
+    patched = []
+    if enabled:
+        for module in model.modules():
+            fast = _fast_forward(module)
+            if fast is not None and "forward" not in vars(module):
+                module.forward = fast
+                patched.append(module)
+    try:
+        yield
+    finally:
+        for module in patched:
+            del module.forward
+
+
+def _fast_forward(module):
+    """The faster forward for this module, or None where there is none."""
+    if type(module) is nn.Conv2d and _single_channel_conv_applies(module):
+        return lambda x: _single_channel_conv(module, x)
+    if (isinstance(module, nn.Sequential) and type(module).forward is nn.Sequential.forward
+            and any(_is_norm_relu(a, b) for a, b in zip(list(module), list(module)[1:]))):
+        return lambda x: _sequential_fused(module, x)
+    return None
+
+
+# ---------------------------------------------------------------- GroupNorm + ReLU
+def _is_norm_relu(norm, relu):
+    """GroupNorm then ReLU, with no hooks but mixed_precision's float32 cast (which the fused path does)."""
+    from labkit.device import _inputs_to_float32
+
+    return (type(norm) is nn.GroupNorm and type(relu) is nn.ReLU and norm.affine and norm.weight.dtype == torch.float32
+            and all(h is _inputs_to_float32 for h in norm._forward_pre_hooks.values())
+            and not (norm._forward_hooks or relu._forward_hooks or relu._forward_pre_hooks))
+
+
+def _sequential_fused(seq, x):
+    """``nn.Sequential.forward``, with each GroupNorm + ReLU pair run as one fused step where it applies."""
+    modules, i = list(seq), 0
+    while i < len(modules):
+        if i + 2 < len(modules) and _first_block_applies(modules[i:i + 3], x):
+            norm, conv = modules[i], modules[i + 2]
+            x = _FirstBlock.apply(x, norm.weight, norm.bias, conv.weight, conv.bias, norm.eps, conv.padding)
+            i += 3
+        elif i + 1 < len(modules) and _is_norm_relu(modules[i], modules[i + 1]) and _norm_relu_applies(x, modules[i]):
+            norm = modules[i]
+            x = _GroupNormReLU.apply(x.float(), norm.weight, norm.bias, norm.num_groups, norm.eps)
+            i += 2
+        else:
+            x = modules[i](x)
+            i += 1
+    return x
+
+
+def _norm_relu_applies(x, norm):
+    """A channels_last float32 map on the CPU, or a bf16 one that mixed_precision casts to float32 for ``norm``."""
+    from labkit.device import _inputs_to_float32
+
+    cast = any(h is _inputs_to_float32 for h in norm._forward_pre_hooks.values())
+    return (torch.is_tensor(x) and x.device.type == "cpu" and x.dim() == 4
+            and (x.dtype == torch.float32 or (cast and x.is_floating_point()))
+            and x.permute(0, 2, 3, 1).is_contiguous())
+
+
+class _GroupNormReLU(torch.autograd.Function):
+    """relu(group_norm(x)) on a channels_last (B, C, H, W) map, viewed as (B, H * W, C)."""
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, groups, eps):
+        b, c, h, w = x.shape
+        flat = x.permute(0, 2, 3, 1).reshape(b, h * w, c)
+        n = h * w * (c // groups)
+        mean = _group_sum(flat.sum(1), groups) / n  # (B, C): each channel gets its group's mean
+        centred = flat - mean.unsqueeze(1)
+        var = _group_sum((centred * centred).sum(1), groups) / n
+        rstd = (var + eps).rsqrt()
+        scale = rstd * weight  # (B, C)
+        out = torch.addcmul(bias, centred, scale.unsqueeze(1)).relu_()
+        ctx.save_for_backward(x, out, mean, rstd, weight)
+        ctx.groups = groups
+        return out.reshape(b, h, w, c).permute(0, 3, 1, 2)
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        x, out, mean, rstd, weight = ctx.saved_tensors
+        b, c, h, w = x.shape
+        groups, n = ctx.groups, h * w * (c // ctx.groups)
+        grad_out = grad_out.permute(0, 2, 3, 1)
+        if not grad_out.is_contiguous():
+            grad_out = grad_out.contiguous()
+        g = torch.ops.aten.threshold_backward(grad_out.reshape(b, h * w, c), out, 0)
+        centred = x.permute(0, 2, 3, 1).reshape(b, h * w, c) - mean.unsqueeze(1)
+        sum_g = g.sum(1)  # (B, C)
+        sum_gc = (g * centred).sum(1)  # (B, C): sum of g * (x - mean)
+        grad_weight = (sum_gc * rstd).sum(0)
+        grad_bias = sum_g.sum(0)
+        # dx = rstd * (dxhat - mean(dxhat) - xhat * mean(dxhat * xhat)) per group, dxhat = g * weight
+        m1 = _group_sum(sum_g * weight, groups) / n
+        m2 = _group_sum(sum_gc * weight, groups) * rstd / n
+        grad_x = torch.addcmul((-rstd * m1).unsqueeze(1), g, (rstd * weight).unsqueeze(1))
+        grad_x.addcmul_(centred, (-rstd * rstd * m2).unsqueeze(1))
+        return grad_x.reshape(b, h, w, c).permute(0, 3, 1, 2), grad_weight, grad_bias, None, None
+
+
+# ---------------------------------------------------------------- the image's block: GroupNorm(1) + ReLU + Conv
+def _first_block_applies(modules, x):
+    norm, relu, conv = modules
+    return (_is_norm_relu(norm, relu) and norm.num_channels == 1 and type(conv) is nn.Conv2d
+            and _single_channel_conv_applies(conv) and not conv._forward_hooks
+            and not conv._forward_pre_hooks and _norm_relu_applies(x, norm) and not x.requires_grad
+            and torch.is_grad_enabled() and not torch.is_autocast_enabled("cpu")
+            and x.dtype == conv.weight.dtype == torch.float32 and x.shape[1] == 1)
+
+
+class _FirstBlock(torch.autograd.Function):
+    """conv(relu(group_norm(x))) for a 1-channel image x that needs no gradient.
+
+    The GroupNorm's two parameters get their gradients without the convolution's input gradient:
+    with z = relu(u), u = gamma * xhat + beta, dL/dgamma = sum over pixels of dL/dz * [u > 0] * xhat,
+    and dL/dz is the transposed convolution of the output gradient g, so
+    dL/dgamma = sum_{c,k} W[c, k] * (g^T unfold([u > 0] * xhat))[c, k], likewise dL/dbeta with
+    unfold([u > 0]). Both come out of the same product as the weight gradient, g^T unfold(z):
+    one 1x1-convolution weight gradient over 27 unfolded channels instead of a 32 -> 1 convolution.
+    """
+
+    @staticmethod
+    def forward(ctx, x, gamma, beta, weight, bias, eps, padding):
+        b, _, h, w = x.shape
+        flat = x.reshape(b, h * w)
+        centred = flat - flat.mean(1, keepdim=True)
+        rstd = (centred.square().mean(1, keepdim=True) + eps).rsqrt()
+        xhat = centred * rstd
+        u = torch.addcmul(beta, xhat, gamma)
+        active = (u > 0).to(x.dtype)
+        maps = torch.stack([u.relu_(), active.mul(xhat), active]).reshape(3, b, h, w)
+        cols = planar_patches(maps, tuple(weight.shape[2:]), padding)  # (3, K, B, Ho, Wo)
+        _, k, _, ho, wo = cols.shape
+        flat_w = weight.reshape(-1, k).t()
+        cols_z = cols[0].reshape(k, -1).t()
+        out = torch.addmm(bias, cols_z, flat_w) if bias is not None else torch.mm(cols_z, flat_w)  # (B*Ho*Wo, O)
+        ctx.save_for_backward(cols, weight)
+        ctx.has_bias = bias is not None
+        return out.reshape(b, ho, wo, -1).permute(0, 3, 1, 2)  # (B, O, Ho, Wo), channels_last
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        cols, weight = ctx.saved_tensors
+        o, k = weight.shape[0], cols.shape[1]
+        grad_flat = grad_out.permute(0, 2, 3, 1).reshape(-1, o)  # (B*Ho*Wo, O)
+        grad_w3 = torch.mm(cols.reshape(3 * k, -1), grad_flat).t().reshape(o, 3, k)
+        w = weight.reshape(o, k)
+        grad_gamma = (w * grad_w3[:, 1]).sum().reshape(1)
+        grad_beta = (w * grad_w3[:, 2]).sum().reshape(1)
+        grad_b = grad_flat.sum(0) if ctx.has_bias else None
+        return None, grad_gamma, grad_beta, grad_w3[:, 0].reshape(weight.shape), grad_b, None, None
+
+
+def planar_patches(maps, kernel_size, padding):
+    """(M, B, H, W) -> (M, kh * kw, B, Ho, Wo): for each patch offset, the zero-padded maps shifted by it."""
+    (kh, kw), (ph, pw) = kernel_size, padding
+    m, b, h, w = maps.shape
+    ho, wo = h + 2 * ph - kh + 1, w + 2 * pw - kw + 1
+    padded = F.pad(maps, (pw, pw, ph, ph))
+    cols = torch.empty(m, kh * kw, b, ho, wo, dtype=maps.dtype, device=maps.device)
+    for i in range(kh):
+        for j in range(kw):
+            cols[:, i * kw + j].copy_(padded[:, :, i:i + ho, j:j + wo])
+    return cols
+
+
+def _group_sum(per_channel, groups):
+    """(B, C) -> (B, C): each channel's value replaced by the sum over its group."""
+    b, c = per_channel.shape
+    return per_channel.reshape(b, groups, c // groups).sum(2, keepdim=True).expand(b, groups, c // groups).reshape(b, c)
+
+
+# ---------------------------------------------------------------- 1-input-channel convolution
+def _single_channel_conv_applies(conv):
+    return (conv.in_channels == 1 and conv.groups == 1 and conv.stride == (1, 1) and conv.dilation == (1, 1)
+            and conv.padding_mode == "zeros" and not isinstance(conv.padding, str))
+
+
+def _single_channel_conv(conv, x):
+    weight, bias = conv.weight, conv.bias
+    if not (x.device.type == "cpu" and x.dim() == 4 and x.shape[1] == 1 and weight.device.type == "cpu"):
+        return conv._conv_forward(x, weight, bias)
+    dtype = x.dtype
+    if torch.is_autocast_enabled("cpu"):
+        dtype = torch.get_autocast_dtype("cpu")
+    if dtype not in (torch.float32, torch.bfloat16):
+        return conv._conv_forward(x, weight, bias)
+    with torch.autocast("cpu", enabled=False):
+        x, weight = x.to(dtype), weight.to(dtype)
+        bias = bias.to(dtype) if bias is not None else None
+        return _PatchConv.apply(x, weight, bias, conv.padding)
+
+
+def unfold_patches(x, kernel_size, padding):
+    """(B, 1, H, W) -> (B, kh * kw, Ho, Wo) in channels_last: the zero-padded kh x kw patch of each
+    output pixel, patch offsets as channels (the order of a flattened kernel)."""
+    (kh, kw), (ph, pw) = kernel_size, padding
+    b, _, h, w = x.shape
+    ho, wo = h + 2 * ph - kh + 1, w + 2 * pw - kw + 1
+    padded = F.pad(x.reshape(b, h, w), (pw, pw, ph, ph))
+    cols = torch.empty(b, ho, wo, kh * kw, dtype=x.dtype, device=x.device)
+    for i in range(kh):
+        for j in range(kw):
+            cols[..., i * kw + j].copy_(padded[:, i:i + ho, j:j + wo])
+    return cols.permute(0, 3, 1, 2)
+
+
+def fold_patches(cols, kernel_size, padding, size):
+    """The adjoint of ``unfold_patches``: (B, kh * kw, Ho, Wo) -> (B, 1, H, W), each patch value
+    added back onto the pixel it came from."""
+    (kh, kw), (ph, pw), (h, w) = kernel_size, padding, size
+    b, _, ho, wo = cols.shape
+    out = torch.zeros(b, h + 2 * ph, w + 2 * pw, dtype=torch.float32, device=cols.device)
+    for i in range(kh):
+        for j in range(kw):
+            out[:, i:i + ho, j:j + wo] += cols[:, i * kw + j]
+    return out[:, ph:ph + h, pw:pw + w].unsqueeze(1)
+
+
+class _PatchConv(torch.autograd.Function):
+    """A 1-input-channel convolution as a 1x1 convolution over the unfolded patches."""
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, padding):
+        kernel_size = tuple(weight.shape[2:])
+        cols = unfold_patches(x, kernel_size, padding)
+        weight1 = weight.reshape(weight.shape[0], -1, 1, 1)
+        ctx.save_for_backward(cols, weight1)
+        ctx.geometry = (kernel_size, tuple(padding), tuple(x.shape[2:]), weight.shape, bias is not None)
+        return F.conv2d(cols, weight1, bias)
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        cols, weight1 = ctx.saved_tensors
+        kernel_size, padding, size, weight_shape, has_bias = ctx.geometry
+        need_x, need_w, need_b = ctx.needs_input_grad[:3]
+        grad_out = grad_out.contiguous(memory_format=torch.channels_last)
+        grad_cols, grad_w, grad_b = torch.ops.aten.convolution_backward(
+            grad_out, cols, weight1, [weight_shape[0]] if has_bias else None, [1, 1], [0, 0], [1, 1], False,
+            [0, 0], 1, [need_x, need_w, need_b and has_bias])
+        grad_x = fold_patches(grad_cols, kernel_size, padding, size).to(cols.dtype) if need_x else None
+        grad_w = grad_w.reshape(weight_shape) if need_w else None
+        return grad_x, grad_w, grad_b if need_b and has_bias else None, None
