@@ -83,7 +83,7 @@ def test_training_through_the_fast_path_equals_plain_autograd(monkeypatch):
         optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
         if not fast:
             monkeypatch.setattr(training, "fast_layers", lambda model: fast_layers(model, enabled=False))
-        loss = training.train(model, optimizer, TripletBatches(Tiny, 8, seed=0), amp=False, progress=False, log=False)
+        loss = training.train(model, optimizer, TripletBatches(Tiny, 8, seed=0, sampler="vectorised"), amp=False, progress=False, log=False)
         monkeypatch.undo()
         with torch.no_grad():
             distances = torch.cdist(*[model.get_features(images(10, seed=2))] * 2)
