@@ -1,3 +1,4 @@
+import gzip
 import time
 
 import pytest
@@ -13,18 +14,31 @@ def fresh_resolution(monkeypatch):
     monkeypatch.setattr(data, "_resolved", {})
 
 
-def fake_mnist(root):
-    raw = root / "MNIST" / "raw"
-    raw.mkdir(parents=True)
+def write_split_files(raw, compress=False, seed=0):
+    """The four idx files of a tiny MNIST-format dataset (30 train / 10 test) in ``raw``."""
+    raw.mkdir(parents=True, exist_ok=True)
+    suffix = ".gz" if compress else ""
     for prefix, n in (("train", 30), ("t10k", 10)):
-        images, targets = tiny_digits(per_class=(n // 10,) * 10, seed=n)
-        write_idx(raw / f"{prefix}-images-idx3-ubyte", images)
-        write_idx(raw / f"{prefix}-labels-idx1-ubyte", targets.to(torch.uint8))
+        images, targets = tiny_digits(per_class=(n // 10,) * 10, seed=n + seed)
+        write_idx(raw / f"{prefix}-images-idx3-ubyte{suffix}", images, compress=compress)
+        write_idx(raw / f"{prefix}-labels-idx1-ubyte{suffix}", targets.to(torch.uint8), compress=compress)
+    return raw
+
+
+def fake_mnist(root):
+    write_split_files(root / "MNIST" / "raw")
     return root
 
 
 def no_network(monkeypatch):
-    monkeypatch.setattr(data, "_reachable", lambda *a, **k: False)
+    monkeypatch.setattr(data, "_probe", lambda *a, **k: False)
+
+
+@pytest.fixture
+def no_fashion_elsewhere(monkeypatch, tmp_path):
+    """Neither $LABKIT_FASHION_DIR nor a Debian package: only what a test puts under its data root."""
+    monkeypatch.delenv(data.DIR_ENV["fashion"], raising=False)
+    monkeypatch.setitem(data.DEBIAN_DIR, "fashion", tmp_path / "no-debian-package")
 
 
 def test_sample_is_real_stratified_mnist():
@@ -74,7 +88,7 @@ def test_env_variable_chooses_the_source(tmp_path, monkeypatch):
     monkeypatch.setenv(data.SOURCE_ENV, "sample")
     assert data.resolve_source(tmp_path) == "sample"
     monkeypatch.setenv(data.SOURCE_ENV, "everything")
-    with pytest.raises(ValueError, match=r"LABKIT_DATA.*'auto', 'mnist', 'sample'"):
+    with pytest.raises(ValueError, match=r"LABKIT_DATA.*'auto', 'mnist', 'fashion', 'sample'"):
         data.resolve_source(tmp_path)
 
 
@@ -128,6 +142,82 @@ def test_load_idx_digits_from_a_folder(tmp_path):
 def test_behind_a_proxy_the_proxy_is_probed(tmp_path, monkeypatch):
     probed = []
     monkeypatch.setattr(data, "getproxies", lambda: {"https": "http://127.0.0.1:9", "http": "http://127.0.0.1:9"})
-    monkeypatch.setattr(data, "_reachable", lambda host, port, timeout: probed.append((host, port)) and False)
+    monkeypatch.setattr(data, "_probe", lambda url, timeout: probed.append(data.getproxies()) and False)
     assert data.load_digits(tmp_path, source="auto").source == "sample"
-    assert probed and set(probed) == {("127.0.0.1", 9)}
+    assert probed and all(p["https"] == "http://127.0.0.1:9" for p in probed)
+
+
+# Fashion-MNIST: a second data source through the same layer, never replaced by digits
+
+
+def test_fashion_from_torchvision_layout(tmp_path, monkeypatch, capsys, no_fashion_elsewhere):
+    no_network(monkeypatch)
+    raw = write_split_files(tmp_path / "FashionMNIST" / "raw", seed=7)
+    assert data.resolve_source(tmp_path, "fashion") == "fashion"
+    test = data.load_digits(tmp_path, train=False, source="fashion")
+    assert test.source == "fashion" and test.images.shape == (10, 28, 28)
+    assert torch.equal(test.images, data.read_idx(raw / "t10k-images-idx3-ubyte"))
+    out = capsys.readouterr().out
+    assert out.count("[labkit] data:") == 1 and "Fashion-MNIST" in out and str(raw) in out
+
+
+def test_fashion_from_env_folder_of_gzipped_files(tmp_path, monkeypatch, no_fashion_elsewhere):
+    no_network(monkeypatch)
+    folder = write_split_files(tmp_path / "anywhere", compress=True, seed=3)
+    write_split_files(tmp_path / "FashionMNIST" / "raw", seed=99)  # the variable wins over the data root
+    monkeypatch.setenv(data.DIR_ENV["fashion"], str(folder))
+    monkeypatch.setenv(data.SOURCE_ENV, "fashion")
+    train = data.load_digits(tmp_path, train=True)
+    expected, _ = tiny_digits(per_class=(3,) * 10, seed=33)
+    assert train.source == "fashion" and torch.equal(train.images, expected)
+
+
+def test_fashion_env_folder_without_files_names_the_variable(tmp_path, monkeypatch, no_fashion_elsewhere):
+    no_network(monkeypatch)
+    monkeypatch.setenv(data.DIR_ENV["fashion"], str(tmp_path / "empty"))
+    with pytest.raises(RuntimeError, match="LABKIT_FASHION_DIR=.*empty.*train-images-idx3-ubyte"):
+        data.load_digits(tmp_path, source="fashion")
+
+
+def test_fashion_found_where_debian_puts_it(tmp_path, monkeypatch, no_fashion_elsewhere):
+    no_network(monkeypatch)
+    debian = write_split_files(tmp_path / "usr-share-datasets-fashion-mnist", compress=True)
+    monkeypatch.setitem(data.DEBIAN_DIR, "fashion", debian)
+    assert data.load_digits(tmp_path / "data", train=False, source="fashion").images.shape == (10, 28, 28)
+
+
+def test_missing_fashion_is_an_error_never_digits(tmp_path, monkeypatch, no_fashion_elsewhere):
+    no_network(monkeypatch)
+    fake_mnist(tmp_path)  # MNIST digits are right there: they must not stand in for Fashion-MNIST
+    with pytest.raises(RuntimeError, match="Fashion-MNIST is not in.*LABKIT_FASHION_DIR.*dataset-fashion-mnist"):
+        data.load_digits(tmp_path, source="fashion")
+
+
+def test_fashion_downloads_through_torchvision_when_online(tmp_path, monkeypatch, no_fashion_elsewhere):
+    """The download path: torchvision's download_and_extract_archive fetches and unpacks each file."""
+    import torchvision.datasets.utils as tv_utils
+    from torchvision.datasets import FashionMNIST
+
+    served = write_split_files(tmp_path / "server", compress=True)
+    fetched = []
+
+    def fake_fetch(url, download_root, extract_root, filename, md5):
+        fetched.append(url)
+        name = filename[:-len(".gz")]
+        (extract_root / name).parent.mkdir(parents=True, exist_ok=True)
+        (extract_root / name).write_bytes(gzip.decompress((served / filename).read_bytes()))
+
+    monkeypatch.setattr(data, "_probe", lambda url, timeout: url.startswith(FashionMNIST.mirrors[0]))
+    monkeypatch.setattr(tv_utils, "download_and_extract_archive", fake_fetch)
+    assert data.load_digits(tmp_path / "data", source="fashion").images.shape == (30, 28, 28)
+    assert sorted(fetched) == sorted(FashionMNIST.mirrors[0] + f for f, _ in FashionMNIST.resources)
+    assert (tmp_path / "data" / "FashionMNIST" / "raw" / "t10k-labels-idx1-ubyte").exists()
+
+
+def test_fashion_dataset_through_the_data_layer(tmp_path, monkeypatch, no_fashion_elsewhere):
+    from labkit.dataset import MNISTMetricDataset
+
+    no_network(monkeypatch)
+    write_split_files(tmp_path / "FashionMNIST" / "raw")
+    ds = MNISTMetricDataset(tmp_path, split="test", source="fashion")
+    assert ds.source == "fashion" and len(ds) == 10 and len(data.FASHION_CLASSES) == 10
