@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: lab test notebooks bench student clean
+.PHONY: lab test notebooks bench bench-recipes student clean
 
 lab: $(STAMP)             ## run notebooks 01-04 headless into out/ and print the results table
 	$(BIN)/python scripts/run_lab.py --out out
@@ -17,6 +17,9 @@ notebooks: $(STAMP)       ## re-execute the notebooks in place: the stored outpu
 
 bench: $(STAMP)           ## course pipeline vs fast path, printed side by side
 	$(BIN)/python benchmarks/bench_pipeline.py
+
+bench-recipes: $(STAMP)   ## notebook 05's recipes on full Fashion-MNIST: 3 epochs, 3 seeds, mean ± sd
+	$(BIN)/python benchmarks/bench_recipes.py
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)

@@ -20,3 +20,17 @@ def test_benchmark_smoke():
     # both pipelines ran both seeds
     assert out.count("course seed") == 2 and out.count("fast seed") == 2
     assert "bf16 convolutions" in out
+
+
+def test_recipe_benchmark_smoke():
+    result = subprocess.run(
+        [sys.executable, str(REPO / "benchmarks" / "bench_recipes.py"), "--data", "sample", "--limit", "400",
+         "--epochs", "1", "--seeds", "2", "--recipes", "random triplets", "semi-hard"],
+        capture_output=True, text=True, timeout=600,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    out = result.stdout
+    assert "CPUs (" in out and "bf16 convolutions" in out
+    assert out.count("random triplets seed") == 2 and out.count("semi-hard seed") == 2
+    table = out.split("figures in %:")[1]
+    assert "random triplets" in table and "semi-hard" in table and "MAP@R" in table and "±" in table
