@@ -12,10 +12,12 @@ test set, and training seconds per epoch, each as mean ± sd over the seeds. The
 CPU, the thread count and whether the bf16 convolutions ran.
 """
 import argparse
+import multiprocessing
 import os
 import platform
 import sys
 import time
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import torch
@@ -36,6 +38,22 @@ def load(kind, limit=None):
             for d, split in ((train, "train"), (train, "traineval"), (test, "test"))]
 
 
+_data = {}  # per process: the datasets, loaded once
+
+
+def one_run(kind, limit, recipe_name, seed, epochs, device, threads):
+    """Train and evaluate one recipe with one seed; the figures without the model."""
+    if threads:
+        torch.set_num_threads(threads)
+    if (kind, limit) not in _data:
+        _data[(kind, limit)] = load(kind, limit)
+    train, traineval, test = _data[(kind, limit)]
+    result = run_recipe(get_recipe(recipe_name), train, traineval, test, epochs, device, seed=seed, log=False)
+    result.pop("model")
+    result["seed"] = seed
+    return result
+
+
 def cpu_name():
     """The CPU's model name (Linux), else what ``platform`` knows."""
     try:
@@ -43,6 +61,13 @@ def cpu_name():
             return next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
     except (OSError, StopIteration):
         return platform.processor() or platform.machine()
+
+
+def report(result):
+    print(f"  {result['recipe']} seed {result['seed']}: accuracy {result['accuracy']:.2%}, "
+          f"P@1 {result['precision_at_1']:.2%}, MAP@R {result['mean_average_precision_at_r']:.2%}, "
+          f"{result['seconds_per_epoch']:.1f} s/epoch", flush=True)
+    return result
 
 
 def main():
@@ -54,6 +79,8 @@ def main():
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     parser.add_argument("--limit", type=int, default=None, help="use only the first N images of each split")
+    parser.add_argument("--jobs", type=int, default=1,
+                        help="runs at the same time, each in its own process (seconds per epoch then share the CPU)")
     parser.add_argument("--device", default=None)
     args = parser.parse_args()
     recipes = [get_recipe(name) for name in args.recipes]  # unknown names fail here, before any training
@@ -61,7 +88,8 @@ def main():
         torch.set_num_threads(args.threads)
 
     device = pick_device(args.device)
-    train, traineval, test = load(args.data, args.limit)  # labkit announces where the data came from
+    _data[(args.data, args.limit)] = load(args.data, args.limit)  # labkit announces where the data came from
+    train, _, test = _data[(args.data, args.limit)]
     gpu = f", {torch.cuda.get_device_name(device)}" if device.type == "cuda" else ""
     print(f"machine: {os.cpu_count()} CPUs ({cpu_name()}){gpu}; device {device}; torch {torch.__version__}, "
           f"{torch.get_num_threads()} threads; {args.epochs} epochs, seeds 0..{args.seeds - 1}; "
@@ -69,15 +97,15 @@ def main():
     print(f"bf16 convolutions: {'native here, used' if bf16_fast(device) else 'not native here, off (float32)'}",
           flush=True)
 
-    results = []
-    for recipe in recipes:
-        for seed in range(args.seeds):
-            result = run_recipe(recipe, train, traineval, test, args.epochs, device, seed=seed, log=False)
-            result.pop("model")
-            results.append(result)
-            print(f"  {recipe.name} seed {seed}: accuracy {result['accuracy']:.2%}, "
-                  f"P@1 {result['precision_at_1']:.2%}, MAP@R {result['mean_average_precision_at_r']:.2%}, "
-                  f"{result['seconds_per_epoch']:.1f} s/epoch", flush=True)
+    jobs = [(args.data, args.limit, recipe.name, seed, args.epochs, args.device, args.threads)
+            for recipe in recipes for seed in range(args.seeds)]
+    if args.jobs > 1:
+        print(f"{args.jobs} runs at a time, each in its own process: seconds per epoch include that sharing")
+        with ProcessPoolExecutor(args.jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
+            futures = [pool.submit(one_run, *job) for job in jobs]
+            results = [report(f.result()) for f in futures]
+    else:
+        results = [report(one_run(*job)) for job in jobs]
     print(f"\n{args.epochs} epochs, mean ± sd over {args.seeds} seed(s), figures in %:")
     print(results_table(results))
 

@@ -29,6 +29,7 @@ from labkit.model import SimpleMetricEmbedding
 from labkit.training import compute_representations, embed, evaluate
 
 RETRIEVAL = ("precision_at_1", "r_precision", "mean_average_precision_at_r")
+SCHEDULES = (None, "cosine", "onecycle")
 
 
 @dataclass(frozen=True)
@@ -37,7 +38,7 @@ class Recipe:
 
     ``loss``/``miner`` build fresh PML objects; a proxy loss (``proxies=True``) is built with
     ``num_classes`` and ``embedding_size`` and its proxies get their own learning rate ``loss_lr``.
-    ``schedule="cosine"`` anneals the learning rate to zero over the run, step by step.
+    ``schedule`` (see ``make_scheduler``) changes the learning rate step by step over the run.
     """
 
     name: str
@@ -55,14 +56,35 @@ class Recipe:
     def random_triplets(self):
         return self.loss is None
 
+    def describe(self):
+        """One line: loss, miner and batches, e.g. for the notebook's list of recipes."""
+        if self.random_triplets:
+            return f"the lab's triplet loss (margin {self.margin}) on random triplets, {self.batch_size} per batch"
+        parts = " + ".join(_call_text(f) for f in (self.loss, self.miner) if f is not None)
+        extra = f", proxies at lr {self.loss_lr or self.lr:g}" if self.proxies else ""
+        extra += f", {self.schedule} learning rate" if self.schedule else ""
+        return f"{parts}; {self.m_per_class} per class, batch {self.batch_size}, lr {self.lr:g}{extra}"
+
+
+def _call_text(factory):
+    if isinstance(factory, partial):
+        args = ", ".join(f"{k}={v!r}" for k, v in factory.keywords.items())
+        return f"{factory.func.__name__}({args})"
+    return f"{factory.__name__}()"
+
 
 _triplet = partial(losses.TripletMarginLoss, margin=0.2)
+_semihard = partial(miners.TripletMarginMiner, margin=0.2, type_of_triplets="semihard")
 RECIPES = {r.name: r for r in (
     Recipe("random triplets", batch_size=64),
     Recipe("batch-all", loss=_triplet),
-    Recipe("semi-hard", loss=_triplet, miner=partial(miners.TripletMarginMiner, margin=0.2, type_of_triplets="semihard")),
+    Recipe("semi-hard", loss=_triplet, miner=_semihard),
     Recipe("batch-hard", loss=_triplet, miner=miners.BatchHardMiner),
     Recipe("multi-similarity", loss=losses.MultiSimilarityLoss, miner=partial(miners.MultiSimilarityMiner, epsilon=0.1)),
+    # semi-hard with twice as many, smaller steps (4 per class, batch 40) and the lr annealed to zero
+    Recipe("semi-hard 40 cosine", loss=_triplet, miner=_semihard, m_per_class=4, batch_size=40, schedule="cosine"),
+    Recipe("semi-hard 40 cos 2e-3", loss=_triplet, miner=_semihard, m_per_class=4, batch_size=40, schedule="cosine",
+           lr=2e-3),
 )}
 
 
@@ -129,6 +151,16 @@ def make_optimizer(recipe, model, loss_fn=None):
     return torch.optim.Adam(groups)
 
 
+def make_scheduler(schedule, optimizer, steps):
+    """None, or a per-step schedule: "cosine" anneals each group's lr to zero; "onecycle" warms up from
+    lr / 25 to lr over the first 30 % of the steps, then anneals to nearly zero (``OneCycleLR``)."""
+    if schedule == "cosine":
+        return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=steps)
+    if schedule == "onecycle":
+        return torch.optim.lr_scheduler.OneCycleLR(optimizer, [g["lr"] for g in optimizer.param_groups], steps)
+    return None
+
+
 def train_recipe(recipe, dataset, epochs=3, device=None, *, emb_size=32, seed=0, amp=True, log=True):
     """Train ``SimpleMetricEmbedding(1, emb_size)`` with a recipe; returns (model, history).
 
@@ -138,8 +170,8 @@ def train_recipe(recipe, dataset, epochs=3, device=None, *, emb_size=32, seed=0,
     only) and, for random triplets, "zero_loss_share" (share of that epoch's triplets with zero loss).
     """
     recipe, device = get_recipe(recipe), pick_device(device)
-    if recipe.schedule not in (None, "cosine"):
-        raise ValueError(f"unknown schedule {recipe.schedule!r}; use None or 'cosine'")
+    if recipe.schedule not in SCHEDULES:
+        raise ValueError(f"unknown schedule {recipe.schedule!r}; choose one of {SCHEDULES}")
     torch.manual_seed(seed)
     model = prepare_model(SimpleMetricEmbedding(1, emb_size, margin=recipe.margin), device)
     loss_fn = miner = None
@@ -153,9 +185,7 @@ def train_recipe(recipe, dataset, epochs=3, device=None, *, emb_size=32, seed=0,
         loss_fn = recipe.loss(**sizes).to(device)
         miner = recipe.miner() if recipe.miner else None
     optimizer = make_optimizer(recipe, model, loss_fn)
-    scheduler = None
-    if recipe.schedule == "cosine":
-        scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=epochs * len(batches))
+    scheduler = make_scheduler(recipe.schedule, optimizer, epochs * len(batches))
     history = []
     for epoch in range(1, epochs + 1):
         model.train()
@@ -229,14 +259,14 @@ COLUMNS = (("accuracy", "accuracy"), ("P@1", "precision_at_1"), ("R-prec", "r_pr
 def results_table(results, seconds=True):
     """The runs as a text table: one row per recipe, figures in %, mean ± sd when a recipe ran several times."""
     names = list(dict.fromkeys(r["recipe"] for r in results))
-    header = f"{'recipe':<22}" + "".join(f"{h:>16}" for h, _ in COLUMNS) + (f"{'s/epoch':>16}" if seconds else "")
+    header = f"{'recipe':<24}" + "".join(f"{h:>16}" for h, _ in COLUMNS) + (f"{'s/epoch':>16}" if seconds else "")
     lines = [header, "-" * len(header)]
     for name in names:
         runs = [r for r in results if r["recipe"] == name]
         cells = [_mean_sd([100 * r[key] for r in runs]) for _, key in COLUMNS]
         if seconds:
             cells.append(_mean_sd([r["seconds_per_epoch"] for r in runs]))
-        lines.append(f"{name:<22}" + "".join(f"{c:>16}" for c in cells))
+        lines.append(f"{name:<24}" + "".join(f"{c:>16}" for c in cells))
     return "\n".join(lines)
 
 

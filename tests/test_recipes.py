@@ -8,7 +8,8 @@ from labkit.device import prepare_model
 from labkit.loaders import TripletBatches
 from labkit.model import SimpleMetricEmbedding
 from labkit.recipes import (RECIPES, ClassBalancedBatches, Recipe, get_recipe, results_table, retrieval_metrics,
-                            make_optimizer, run_recipe, train_recipe, triplet_losses)
+                            make_optimizer, make_scheduler, run_recipe, train_recipe,
+                            triplet_losses)
 
 
 @pytest.fixture(scope="module")
@@ -134,10 +135,23 @@ def test_proxy_loss_parameters_get_their_own_learning_rate():
     assert len(make_optimizer(RECIPES["semi-hard"], model, RECIPES["semi-hard"].loss()).param_groups) == 1
 
 
+@pytest.mark.parametrize("schedule", ["cosine", "onecycle"])
+def test_schedules_peak_at_the_recipe_lr_and_end_near_zero(schedule):
+    optimizer = torch.optim.Adam(SimpleMetricEmbedding(1, 8).parameters(), lr=4e-3)
+    scheduler = make_scheduler(schedule, optimizer, 100)
+    lrs = []
+    for _ in range(100):
+        lrs.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        scheduler.step()
+    assert max(lrs) == pytest.approx(4e-3) and lrs[-1] < 4e-3 / 20
+    assert make_scheduler(None, optimizer, 100) is None
+
+
 def test_unknown_recipe_lists_the_choices():
     with pytest.raises(ValueError, match="semi-hard"):
         get_recipe("semihard")
-    with pytest.raises(ValueError, match="cosine"):
+    with pytest.raises(ValueError, match="onecycle"):
         train_recipe(Recipe("x", loss=RECIPES["batch-all"].loss, schedule="linear"), None, device="cpu")
 
 
