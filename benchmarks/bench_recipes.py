@@ -17,7 +17,7 @@ import os
 import platform
 import sys
 import time
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
 
 import torch
@@ -103,7 +103,9 @@ def main():
         print(f"{args.jobs} runs at a time, each in its own process: seconds per epoch include that sharing")
         with ProcessPoolExecutor(args.jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
             futures = [pool.submit(one_run, *job) for job in jobs]
-            results = [report(f.result()) for f in futures]
+            results = [report(f.result()) for f in as_completed(futures)]  # each run printed when it ends
+        order = {recipe.name: i for i, recipe in enumerate(recipes)}
+        results.sort(key=lambda r: (order[r["recipe"]], r["seed"]))
     else:
         results = [report(one_run(*job)) for job in jobs]
     print(f"\n{args.epochs} epochs, mean ± sd over {args.seeds} seed(s), figures in %:")
