@@ -83,8 +83,6 @@ RECIPES = {r.name: r for r in (
     Recipe("multi-similarity", loss=losses.MultiSimilarityLoss, miner=partial(miners.MultiSimilarityMiner, epsilon=0.1)),
     # semi-hard with twice as many, smaller steps (4 per class, batch 40) and the lr annealed to zero
     Recipe("semi-hard 40 cosine", loss=_triplet, miner=_semihard, m_per_class=4, batch_size=40, schedule="cosine"),
-    Recipe("semi-hard 40 cos 2e-3", loss=_triplet, miner=_semihard, m_per_class=4, batch_size=40, schedule="cosine",
-           lr=2e-3),
 )}
 
 
