@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: lab test notebooks bench jupyter student clean grade
+.PHONY: lab test notebooks bench bench-recipes jupyter student clean grade
 
 lab: $(STAMP)             ## run notebooks 01-04 headless into out/ and print the results table
 	@$(BIN)/python scripts/run_lab.py --out out
@@ -28,6 +28,9 @@ bench: $(STAMP)           ## course pipeline vs fast path, printed side by side
 grade: $(STAMP)           ## grade submissions: make grade SUBMISSIONS="folder-or-zips..." [GRADE_OUT=grades JOBS=2]
 	@test -n "$(SUBMISSIONS)" || { echo 'usage: make grade SUBMISSIONS="class/ or a.zip b/ ..."'; exit 2; }
 	$(BIN)/python -m labkit.grade $(SUBMISSIONS) --out $(or $(GRADE_OUT),grades) --jobs $(or $(JOBS),2)
+
+bench-recipes: $(STAMP)   ## notebook 05's recipes on full Fashion-MNIST: 3 epochs, 3 seeds, mean ± sd
+	$(BIN)/python benchmarks/bench_recipes.py
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)

@@ -299,3 +299,37 @@ def check_separation(image_ratio, feature_ratios):
     """Task 4: classes separate better in the learned spaces than in pixel space (2-D PCA)."""
     _line(all(r > image_ratio for r in feature_ratios),
           "in 2-D PCA the digits separate better in every feature space than in image space")
+
+
+# Notebook 05 (ungraded): recipes beyond the lab.
+def check_zero_loss_share(shares):
+    """5a: random triplets stop teaching: most of them have zero loss once the network has learned a little."""
+    _line(shares[-1] > 0.5, "in the last epoch most random triplets (more than half) have zero loss: no gradient")
+    _line(shares[-1] > shares[0], "the share of zero-loss triplets grows during training")
+
+
+def check_class_balanced(targets, m_per_class):
+    """5b: a class-balanced batch holds exactly ``m_per_class`` images of each class in it."""
+    counts = torch.bincount(torch.as_tensor(targets).cpu())
+    _line(bool((counts[counts > 0] == m_per_class).all()),
+          f"every class in the batch has exactly {m_per_class} images")
+
+
+def check_retrieval_metrics(results):
+    """5c: the retrieval metrics are consistent: MAP@R never exceeds R-precision."""
+    ok = all(0 <= r["mean_average_precision_at_r"] <= r["r_precision"] <= 1 and 0 <= r["precision_at_1"] <= 1
+             for r in results)
+    _line(ok, "for every recipe 0 ≤ MAP@R ≤ R-precision ≤ 1 and 0 ≤ P@1 ≤ 1")
+
+
+def check_recipe_ahead(best, baseline):
+    """5c: the best recipe beats the lab's random triplets on every measure of quality."""
+    keys = ("accuracy", "precision_at_1", "mean_average_precision_at_r")
+    _line(all(best[k] > baseline[k] for k in keys),
+          f"{best['recipe']} is ahead of {baseline['recipe']} in nearest-class-mean accuracy, P@1 and MAP@R")
+
+
+def check_unseen_recipe(class_accuracy, recipe, cls=0, chance=0.1):
+    """5d: the class left out of training is still recognised far above chance."""
+    _line(class_accuracy > 3 * chance, f"class {cls}, never seen in training by {recipe}, is recognised far above "
+                                       f"chance (more than {3 * chance:.0%} of its test images)")

@@ -32,3 +32,17 @@ def test_step_flops_count_the_three_convolutions():
     # by hand: 1 -> 32 channels on 28 x 28, 32 -> 32 on 13 x 13 and on 6 x 6, 3 x 3 kernels, 'same' padding
     macs_per_image = 28 * 28 * 32 * 1 * 9 + 13 * 13 * 32 * 32 * 9 + 6 * 6 * 32 * 32 * 9
     assert bench_pipeline.step_flops(192) == 3 * 2 * 192 * macs_per_image
+
+
+def test_recipe_benchmark_smoke():
+    result = subprocess.run(
+        [sys.executable, str(REPO / "benchmarks" / "bench_recipes.py"), "--data", "sample", "--limit", "400",
+         "--epochs", "1", "--seeds", "2", "--recipes", "random triplets", "semi-hard"],
+        capture_output=True, text=True, timeout=600,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    out = result.stdout
+    assert "CPUs (" in out and "bf16 convolutions" in out
+    assert out.count("random triplets seed") == 2 and out.count("semi-hard seed") == 2
+    table = out.split("figures in %:")[1]
+    assert "random triplets" in table and "semi-hard" in table and "MAP@R" in table and "±" in table
