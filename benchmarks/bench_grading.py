@@ -10,7 +10,6 @@ use the CPU with the lab's default fast path), the load before and after, and th
 """
 import argparse
 import os
-import platform
 import shutil
 import sys
 import tempfile
@@ -20,18 +19,11 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from labkit.device import cpu_name  # noqa: E402
 from labkit.grading import Limits, grade  # noqa: E402
 from labkit.grading.course import student_modules  # noqa: E402
 
 
-def cpu_name():
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def bf16_state():

@@ -13,7 +13,6 @@ Default data: full Fashion-MNIST from Debian's ``dataset-fashion-mnist`` package
 """
 import argparse
 import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -34,7 +33,7 @@ import course_pipeline as course  # noqa: E402
 from labkit import training  # noqa: E402
 from labkit.data import load_digits, load_idx_digits  # noqa: E402
 from labkit.dataset import MNISTMetricDataset  # noqa: E402
-from labkit.device import bf16_fast, pick_device, prepare_model  # noqa: E402
+from labkit.device import bf16_fast, cpu_name, pick_device, prepare_model  # noqa: E402
 from labkit.loaders import image_loader, triplet_loader  # noqa: E402
 from labkit.model import IdentityModel, SimpleMetricEmbedding  # noqa: E402
 
@@ -320,13 +319,6 @@ def flop_limit(clock_ghz=None):
 
 
 # ---------------------------------------------------------------- report
-def cpu_name():
-    """The CPU's model name (Linux), else what ``platform`` knows."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            return next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    except (OSError, StopIteration):
-        return platform.processor() or platform.machine()
 
 
 def mean_sd(values, scale=1.0, digits=1):

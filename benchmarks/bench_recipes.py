@@ -14,7 +14,6 @@ CPU, the thread count and whether the bf16 convolutions ran.
 import argparse
 import multiprocessing
 import os
-import platform
 import sys
 import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
@@ -26,7 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from labkit.data import load_digits  # noqa: E402
 from labkit.dataset import MNISTMetricDataset  # noqa: E402
-from labkit.device import bf16_fast, pick_device  # noqa: E402
+from labkit.device import bf16_fast, cpu_name, pick_device  # noqa: E402
 from labkit.recipes import RECIPES, get_recipe, results_table, run_recipe  # noqa: E402
 
 def load(kind, limit=None):
@@ -54,13 +53,6 @@ def one_run(kind, limit, recipe_name, seed, epochs, device, threads):
     return result
 
 
-def cpu_name():
-    """The CPU's model name (Linux), else what ``platform`` knows."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            return next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    except (OSError, StopIteration):
-        return platform.processor() or platform.machine()
 
 
 def report(result):

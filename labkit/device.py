@@ -1,6 +1,7 @@
 """Where to compute: picking CPU or CUDA, and the per-device settings that make this model fast."""
 import contextlib
 import os
+import platform
 
 import torch
 from torch import nn
@@ -19,6 +20,15 @@ def pick_device(device=None):
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"device {device} asked for, but this machine has no CUDA GPU; use 'cpu'")
     return device
+
+
+def cpu_name():
+    """The CPU's model name (from /proc/cpuinfo on Linux, else what ``platform`` knows): benchmarks name it."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            return next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):
+        return platform.processor() or platform.machine()
 
 
 def prepare_model(model, device=None):

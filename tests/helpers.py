@@ -1,5 +1,7 @@
-"""Small synthetic datasets and idx files for the tests (no dependence on the bundled data)."""
+"""Small synthetic datasets, idx files and a full-disk stand-in for the tests (no dependence on the bundled data)."""
+import errno
 import gzip
+import os
 import struct
 
 import torch
@@ -28,3 +30,25 @@ def write_idx(path, array, compress=False):
     opener = gzip.open if compress else open
     with opener(path, "wb") as f:
         f.write(data)
+
+
+class FullDisk:
+    """A file object for ``labkit.outputs._open_fd`` on a full disk: it writes the first ``written``
+    bytes of what it is given, then raises ENOSPC."""
+
+    def __init__(self, fd, written=0):
+        self.f = os.fdopen(fd, "wb")
+        self.written = written
+
+    def write(self, data):
+        self.f.write(bytes(data)[:self.written])
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    def __getattr__(self, name):
+        return getattr(self.f, name)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.f.close()

@@ -15,6 +15,7 @@ from labkit.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from labkit.experiment import Settings
 from labkit.model import IdentityModel, SimpleMetricEmbedding
 from labkit.training import PROGRESS_ENV, progress_enabled
+from tests.helpers import FullDisk
 
 
 def model(emb_size=8):
@@ -99,25 +100,7 @@ def test_nan_weights_are_refused_at_save_and_at_load(tmp_path):
 @pytest.fixture
 def full_disk(monkeypatch):
     """Every file written through labkit.outputs fails as on a full disk."""
-    real_fdopen = os.fdopen
-
-    class FullFile:
-        def __init__(self, f):
-            self.f = f
-
-        def write(self, data):
-            raise OSError(errno.ENOSPC, "No space left on device")
-
-        def __getattr__(self, name):
-            return getattr(self.f, name)
-
-        def __enter__(self):
-            return self
-
-        def __exit__(self, *exc):
-            self.f.close()
-
-    monkeypatch.setattr(outputs, "_open_fd", lambda fd: FullFile(real_fdopen(fd, "wb")))
+    monkeypatch.setattr(outputs, "_open_fd", FullDisk)
 
 
 def test_full_disk_says_so_and_keeps_the_earlier_checkpoint(tmp_path, full_disk):

@@ -3,7 +3,6 @@
 Each case is one a careless or unlucky user met (issue 10). The notebooks run here are tiny stand-ins
 (one cell each, a kernel start of about a second), never the lab's own.
 """
-import errno
 import importlib.util
 import json
 import os
@@ -17,6 +16,7 @@ import nbformat
 import pytest
 
 from labkit import outputs
+from tests.helpers import FullDisk
 
 REPO = Path(__file__).resolve().parent.parent
 SCRIPT = REPO / "scripts" / "run_lab.py"
@@ -134,26 +134,7 @@ def test_partial_runs_keep_every_result(tmp_path, main):
 def test_a_full_disk_leaves_the_stored_notebook_intact(tmp_path, monkeypatch, main):
     nb = stand_in_notebooks(tmp_path / "nb", {"01_first.ipynb": "print('refreshed')"})
     stored = (nb / "01_first.ipynb").read_bytes()
-    real_fdopen = os.fdopen
-
-    class HalfWritten:  # writes 100 bytes, then the disk is full
-        def __init__(self, fd, mode):
-            self.f = real_fdopen(fd, mode)
-
-        def write(self, data):
-            self.f.write(bytes(data)[:100])
-            raise OSError(errno.ENOSPC, "No space left on device")
-
-        def __getattr__(self, name):
-            return getattr(self.f, name)
-
-        def __enter__(self):
-            return self
-
-        def __exit__(self, *exc):
-            self.f.close()
-
-    monkeypatch.setattr(outputs, "_open_fd", lambda fd: HalfWritten(fd, "wb"))
+    monkeypatch.setattr(outputs, "_open_fd", lambda fd: FullDisk(fd, written=100))  # 100 bytes, then full
     with pytest.raises(OSError, match=r"the disk is full.*01_first\.ipynb could not be written and is unchanged"):
         main(nb, "--refresh", "--out", tmp_path / "out")
     assert (nb / "01_first.ipynb").read_bytes() == stored
