@@ -52,7 +52,7 @@ INSTRUCTOR_ONLY = [  # paths relative to the repository (fnmatch patterns); neve
 ]
 JUNK = ["__pycache__", ".ipynb_checkpoints", "*.egg-info", ".pytest_cache"]
 NOTEBOOK_JUNK = ["data", "outputs", "checkpoints"]  # what running a notebook leaves next to it
-MAKE_TARGETS_DROPPED = ("bench", "grade", "student")
+MAKE_TARGETS_DROPPED = ("bench", "bench-recipes", "grade", "student")
 ANSWER = "YOUR ANSWER HERE"  # nbgrader's placeholder
 MARKER = ".student-edition"  # written last into every edition: only such a folder may be replaced
 REFERENCE_URL = "https://github.com/metric-lab/metric-lab"

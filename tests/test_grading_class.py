@@ -54,8 +54,8 @@ def show_cross_as_expected(nb):  # stored outputs edited to match a wrong sample
     for cell in nb["cells"]:
         for out in cell.get("outputs", []):
             if "text" in out:
-                out["text"] = [t.replace("✔ negatives come from another class (1000/1000)",
-                                         "✘ negatives come from another class (0/1000)") for t in out["text"]]
+                out["text"] = [t.replace("✔ negatives come from another class (6400/6400)",
+                                         "✘ negatives come from another class (0/6400)") for t in out["text"]]
 
 
 FAKE_CHECKS = '''"""Every check passes."""
@@ -194,8 +194,8 @@ def test_a_malformed_submission_gets_a_row_and_stops_nothing(graded_class):
 def test_feedback_holds_the_check_lines_and_the_answers(graded_class):
     _, _, out = graded_class
     text = (out / "feedback" / "negative_same_class.md").read_text(encoding="utf-8")
-    assert "✘ negatives come from another class (0/1000)" in text
-    assert "✔ negatives come from another class (1000/1000)" in text  # what the reference prints
+    assert "✘ negatives come from another class (0/6400)" in text
+    assert "✔ negatives come from another class (6400/6400)" in text  # what the reference prints
     assert "## Task 2: 40 / 40" in text and "### task3a_answer" in text
     answers = (out / "answers.csv").read_text(encoding="utf-8")
     assert answers.count("negative_same_class,task3a_answer,4,") == 1
