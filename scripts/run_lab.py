@@ -13,6 +13,7 @@ replaces only theirs; ``previous-results.json`` is the file as it was before the
 are written whole or not at all. Ctrl-C stops the run (exit status 130).
 """
 import argparse
+import atexit
 import os
 import subprocess
 import sys
@@ -86,6 +87,9 @@ def _execute_in_thread(client):
         process = getattr(getattr(client.km, "provisioner", None), "process", None)
         if process is not None:  # the kernel runs in its own session: Ctrl-C did not reach it
             process.kill()
+        # nbclient's exit hook would clean up the killed kernel through the worker thread's event
+        # loop and print a traceback after our one-line message
+        atexit.unregister(client._cleanup_kernel)
         raise
     if failure:
         raise failure[0]
