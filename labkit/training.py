@@ -41,19 +41,20 @@ def train(model, optimizer, loader, device=None, *, progress=None, log=True, amp
     total, batches, start = torch.zeros((), device=device), 0, time.perf_counter()
     losses = []  # each batch's loss, kept on the device: names the first non-finite one without a sync per step
     bar = tqdm(loader, desc=desc, disable=not progress_enabled(progress), leave=False)
-    for anchor, positive, negative, _ in bar:
-        with fast_layers(model), mixed_precision(model, device, amp):
-            loss = model.loss(anchor.to(device), positive.to(device), negative.to(device))
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        total += loss.detach().float()  # stays on the device: no synchronisation per step
-        losses.append(loss.detach())
-        batches += 1
-        if device.type == "cpu" or batches % 50 == 0:  # on a GPU each check is a synchronisation
-            _check_finite(total, losses, desc)
-        if batches % 50 == 0:
-            bar.set_postfix(loss=f"{total.item() / batches:.4f}")
+    with fast_layers(model):  # patched once per epoch, restored on exit (also after an error)
+        for anchor, positive, negative, _ in bar:
+            with mixed_precision(model, device, amp):
+                loss = model.loss(anchor.to(device), positive.to(device), negative.to(device))
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            total += loss.detach().float()  # stays on the device: no synchronisation per step
+            losses.append(loss.detach())
+            batches += 1
+            if device.type == "cpu" or batches % 50 == 0:  # on a GPU each check is a synchronisation
+                _check_finite(total, losses, desc)
+            if batches % 50 == 0:
+                bar.set_postfix(loss=f"{total.item() / batches:.4f}")
     if batches == 0:
         raise ValueError("the loader gave no batches: is the dataset smaller than one batch (drop_last)?")
     _check_finite(total, losses, desc)
