@@ -24,17 +24,13 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from labkit.data import load_digits  # noqa: E402
-from labkit.dataset import MNISTMetricDataset  # noqa: E402
 from labkit.device import bf16_fast, cpu_name, pick_device  # noqa: E402
-from labkit.recipes import RECIPES, get_recipe, results_table, run_recipe  # noqa: E402
+from labkit.recipes import RECIPES, get_recipe, recipe_datasets, results_table, run_recipe  # noqa: E402
 
 def load(kind, limit=None):
     """(train, traineval, test) datasets of ``kind`` (a labkit data source), optionally the first ``limit`` images."""
     train, test = (load_digits(train=train, source=kind) for train in (True, False))
-    if limit:  # a smaller run for smoke tests: the first images (both files are in random class order)
-        train, test = (type(d)(d.images[:limit], d.targets[:limit], d.source) for d in (train, test))
-    return [MNISTMetricDataset.from_tensors(d.images, d.targets, split, source=d.source)
-            for d, split in ((train, "train"), (train, "traineval"), (test, "test"))]
+    return recipe_datasets(train, test, (limit, limit) if limit else None)
 
 
 _data = {}  # per process: the datasets, loaded once

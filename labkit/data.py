@@ -139,6 +139,15 @@ def _decide(root, requested):
     return source, f"full {name} from {folder} ({how}){legacy}", folder
 
 
+def local_folder(source, root=None):
+    """The folder on this machine that holds the four idx files of ``source`` ("mnist" or "fashion"),
+    looked up as ``load_digits`` would (``$LABKIT_MNIST_DIR`` / ``$LABKIT_FASHION_DIR``, the data
+    folder, Debian's folder), or None. Never downloads; the files are not read."""
+    if source not in DIR_ENV:
+        raise ValueError(f"local_folder takes one of {tuple(DIR_ENV)}, got {source!r} (the sample is always here)")
+    return next((f for f in _candidate_folders(data_root(root), source) if _complete(f)), None)
+
+
 def _raw_dir(root, source):
     return Path(root) / _LAYOUT[source] / "raw"
 

@@ -23,6 +23,8 @@ from pytorch_metric_learning.utils.accuracy_calculator import AccuracyCalculator
 from pytorch_metric_learning.utils.inference import CustomKNN
 
 from labkit.classify import nearest_mean, per_class_accuracy
+from labkit.data import load_digits, load_idx_digits, local_folder
+from labkit.dataset import MNISTMetricDataset
 from labkit.device import mixed_precision, pick_device, prepare_model
 from labkit.loaders import TripletBatches, image_loader
 from labkit.model import SimpleMetricEmbedding
@@ -81,8 +83,9 @@ RECIPES = {r.name: r for r in (
     Recipe("semi-hard", loss=_triplet, miner=_semihard),
     Recipe("batch-hard", loss=_triplet, miner=miners.BatchHardMiner),
     Recipe("multi-similarity", loss=losses.MultiSimilarityLoss, miner=partial(miners.MultiSimilarityMiner, epsilon=0.1)),
-    # semi-hard with twice as many, smaller steps (4 per class, batch 40) and the lr annealed to zero
-    Recipe("semi-hard 40 cosine", loss=_triplet, miner=_semihard, m_per_class=4, batch_size=40, schedule="cosine"),
+    # batch-all with twice as many, smaller steps (4 per class, batch 40) and a one-cycle lr peaking at 2e-3:
+    # the best of 12 variants tried on full Fashion-MNIST (seeds 10-12; README, "Beyond the lab")
+    Recipe("batch-all 40 one-cycle", loss=_triplet, m_per_class=4, batch_size=40, lr=2e-3, schedule="onecycle"),
 )}
 
 
@@ -250,6 +253,36 @@ def run_recipe(recipe, train_set, eval_set, test_set, epochs=3, device=None, *, 
     return result
 
 
+def recipe_datasets(train, test, size=None):
+    """(train, traineval, test) datasets from two ``labkit.data.Digits`` splits; ``size`` = (n_train,
+    n_test) keeps the first images of each (the idx files are in random class order)."""
+    n_train, n_test = size if size else (None, None)
+    return [MNISTMetricDataset.from_tensors(d.images[:n], d.targets[:n], split, source=d.source)
+            for d, n, split in ((train, n_train, "train"), (train, n_train, "traineval"), (test, n_test, "test"))]
+
+
+SAMPLE_SIZE = (4000, 1000)  # the bundled sample's training / test images
+
+
+def other_dataset(source, root=None, size=SAMPLE_SIZE):
+    """The second dataset beside ``source`` (the one a notebook runs on), if its files are on this machine.
+
+    Beside digits ("mnist", "sample"): Fashion-MNIST. Beside "fashion": full MNIST where its files
+    are here, else the bundled sample (always here). Returns (name, datasets): ``datasets`` from
+    ``recipe_datasets`` with the first ``size`` images, the sample's size by default, so a comparison
+    costs what the sample does; or (name, None) where the files are not here. Nothing is downloaded.
+    """
+    other = "fashion" if source != "fashion" else "mnist"
+    folder = local_folder(other, root)
+    if folder is not None:
+        splits = [load_idx_digits(folder, train=train, source=other) for train in (True, False)]
+    elif other == "mnist":
+        other, splits = "sample", [load_digits(train=train, source="sample") for train in (True, False)]
+    else:
+        return other, None
+    return other, recipe_datasets(*splits, size=size)
+
+
 COLUMNS = (("accuracy", "accuracy"), ("P@1", "precision_at_1"), ("R-prec", "r_precision"),
            ("MAP@R", "mean_average_precision_at_r"))
 
@@ -257,14 +290,15 @@ COLUMNS = (("accuracy", "accuracy"), ("P@1", "precision_at_1"), ("R-prec", "r_pr
 def results_table(results, seconds=True):
     """The runs as a text table: one row per recipe, figures in %, mean ± sd when a recipe ran several times."""
     names = list(dict.fromkeys(r["recipe"] for r in results))
-    header = f"{'recipe':<24}" + "".join(f"{h:>16}" for h, _ in COLUMNS) + (f"{'s/epoch':>16}" if seconds else "")
+    width = max([24] + [len(name) + 2 for name in names])
+    header = f"{'recipe':<{width}}" + "".join(f"{h:>16}" for h, _ in COLUMNS) + (f"{'s/epoch':>16}" if seconds else "")
     lines = [header, "-" * len(header)]
     for name in names:
         runs = [r for r in results if r["recipe"] == name]
         cells = [_mean_sd([100 * r[key] for r in runs]) for _, key in COLUMNS]
         if seconds:
             cells.append(_mean_sd([r["seconds_per_epoch"] for r in runs]))
-        lines.append(f"{name:<24}" + "".join(f"{c:>16}" for c in cells))
+        lines.append(f"{name:<{width}}" + "".join(f"{c:>16}" for c in cells))
     return "\n".join(lines)
 
 

@@ -3,13 +3,15 @@ import math
 import pytest
 import torch
 
+from labkit import data
 from labkit.dataset import MNISTMetricDataset
 from labkit.device import prepare_model
 from labkit.loaders import TripletBatches
 from labkit.model import SimpleMetricEmbedding
 from labkit.recipes import (RECIPES, ClassBalancedBatches, Recipe, get_recipe, results_table, retrieval_metrics,
-                            make_optimizer, make_scheduler, run_recipe, train_recipe,
+                            make_optimizer, make_scheduler, other_dataset, run_recipe, train_recipe,
                             triplet_losses)
+from tests.helpers import tiny_digits, write_idx
 
 
 @pytest.fixture(scope="module")
@@ -163,3 +165,51 @@ def test_results_table_shows_mean_and_sd_per_recipe():
     sd = math.sqrt(((80 - 85) ** 2 + (90 - 85) ** 2) / 1)
     assert row_a.split()[:3] == ["a", "85.00", "±"] and f"{sd:.2f}" in row_a and "2.00 ± 1.41" in row_a
     assert row_b.split()[:2] == ["b", "80.00"] and "±" not in row_b
+
+
+def _idx_folder(folder, per_class=(6,) * 10):
+    """The four idx files of a tiny dataset in ``folder``."""
+    folder.mkdir(parents=True)
+    for prefix, seed in (("train", 0), ("t10k", 1)):
+        images, targets = tiny_digits(per_class=per_class, seed=seed)
+        write_idx(folder / f"{prefix}-images-idx3-ubyte", images)
+        write_idx(folder / f"{prefix}-labels-idx1-ubyte", targets.to(torch.uint8))
+
+
+def test_local_folder_finds_the_files_without_downloading(tmp_path, monkeypatch):
+    monkeypatch.setattr(data, "DEBIAN_DIR", {"fashion": tmp_path / "debian"})
+    monkeypatch.delenv("LABKIT_FASHION_DIR", raising=False)
+    monkeypatch.setattr(data, "_download", lambda *a: pytest.fail("local_folder must never download"))
+    assert data.local_folder("fashion", root=tmp_path) is None
+    _idx_folder(tmp_path / "debian")
+    assert data.local_folder("fashion", root=tmp_path) == tmp_path / "debian"
+    _idx_folder(tmp_path / "FashionMNIST" / "raw")  # the data folder comes first, as for load_digits
+    assert data.local_folder("fashion", root=tmp_path) == tmp_path / "FashionMNIST" / "raw"
+    with pytest.raises(ValueError, match="sample is always here"):
+        data.local_folder("sample")
+
+
+def test_other_dataset_is_fashion_beside_digits_and_digits_beside_fashion(tmp_path, monkeypatch):
+    monkeypatch.setattr(data, "DEBIAN_DIR", {"fashion": tmp_path / "nowhere"})
+    monkeypatch.delenv("LABKIT_FASHION_DIR", raising=False)
+    monkeypatch.delenv("LABKIT_MNIST_DIR", raising=False)
+    monkeypatch.setenv("LABKIT_DATA_ROOT", str(tmp_path))
+    assert other_dataset("sample") == ("fashion", None)  # not here: nothing to compare, nothing downloaded
+    name, sets = other_dataset("fashion", size=(200, 20))  # no MNIST files here: the bundled sample
+    assert name == "sample" and [len(s) for s in sets] == [200, 200, 20]
+    assert [s.split for s in sets] == ["train", "traineval", "test"]
+    _idx_folder(tmp_path / "FashionMNIST" / "raw")
+    name, sets = other_dataset("mnist", size=(40, 100))
+    assert name == "fashion" and [len(s) for s in sets] == [40, 40, 60]  # at most what the files hold
+    assert {s.source for s in sets} == {"fashion"}
+    _idx_folder(tmp_path / "MNIST" / "raw", per_class=(3,) * 10)
+    name, sets = other_dataset("fashion")
+    assert name == "mnist" and [len(s) for s in sets] == [30, 30, 30]
+
+
+def test_results_table_fits_long_recipe_names():
+    runs = [{"recipe": "batch-all 40 one-cycle (fashion, 4000)", "accuracy": 0.9, "precision_at_1": 0.8,
+             "r_precision": 0.7, "mean_average_precision_at_r": 0.6, "seconds_per_epoch": 1.0}]
+    header, _, row = results_table(runs).splitlines()
+    assert row.startswith("batch-all 40 one-cycle (fashion, 4000)  ")
+    assert len(header) == len(row) and header.index("accuracy") + len("accuracy") == row.index("90.00") + len("90.00")
