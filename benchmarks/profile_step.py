@@ -47,6 +47,13 @@ def profile(model, channels_last, fast, amp, clock):
             both = timed(lambda: block(inp).backward(grad), clock)
             rows.append((f"{i} {type(block).__name__}", forward, both - forward))
             x = out.detach()
+        # the image's block and its pool together: the fast path runs them as one in float32
+        pair, inp = model.net[:2], torch.rand(192, 1, 28, 28).contiguous(memory_format=layout)
+        with fast_layers(pair, fast):
+            grad = torch.randn_like(pair(inp))
+            forward = timed(lambda: pair(inp), clock)
+            both = timed(lambda: pair(inp).backward(grad), clock)
+        rows.append(("0+1 block and pool together", forward, both - forward))
         step = torch.optim.Adam(model.parameters(), lr=1e-3)
 
         def train_step():
