@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed
 
 .PHONY: lab test notebooks bench bench-recipes jupyter student clean grade
 
-lab: $(STAMP)             ## run notebooks 01-04 headless into out/ and print the results table
+lab: $(STAMP)             ## run notebooks 01-05 headless into out/ and print the results table
 	@$(BIN)/python scripts/run_lab.py --out out
 
 test: $(STAMP)            ## unit tests + nbval over all notebooks (on the bundled sample)
