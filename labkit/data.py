@@ -104,7 +104,7 @@ def _decide(root, requested):
     name = _NAMES[source]
     folders = _candidate_folders(root, source)
     legacy = _legacy_note(root) if source == "mnist" else ""
-    folder = next((f for f in folders if _complete(f)), None)
+    folder = local_folder(source, root)
     how = "files found"
     if folder is None and os.environ.get(DIR_ENV[source]):
         raise RuntimeError(

@@ -177,12 +177,9 @@ class _FirstBlock(torch.autograd.Function):
         cols, weight = ctx.saved_tensors
         o, k = weight.shape[0], cols.shape[1]
         grad_flat = grad_out.permute(0, 2, 3, 1).reshape(-1, o)  # (B*Ho*Wo, O)
-        grad_w3 = torch.mm(cols.reshape(3 * k, -1), grad_flat).t().reshape(o, 3, k)
-        w = weight.reshape(o, k)
-        grad_gamma = (w * grad_w3[:, 1]).sum().reshape(1)
-        grad_beta = (w * grad_w3[:, 2]).sum().reshape(1)
+        grad_gamma, grad_beta, grad_w = _first_block_grads(torch.mm(cols.reshape(3 * k, -1), grad_flat), weight)
         grad_b = grad_flat.sum(0) if ctx.has_bias else None
-        return None, grad_gamma, grad_beta, grad_w3[:, 0].reshape(weight.shape), grad_b, None, None
+        return None, grad_gamma, grad_beta, grad_w, grad_b, None, None
 
 
 # ---------------------------------------------------------------- the image's block + max-pool, chunk by chunk
@@ -215,6 +212,17 @@ def _first_block_maps(x, gamma, beta, eps):
     u = torch.addcmul(beta, xhat, gamma)
     active = (u > 0).to(x.dtype)
     return torch.stack([u.relu_(), active.mul(xhat), active]).reshape(3, b, h, w)
+
+
+def _first_block_grads(products, weight):
+    """GroupNorm gamma, beta and convolution weight gradients from the (3K, O) products of the three
+    maps' patches with the output gradient (see ``_FirstBlock``)."""
+    o, k = weight.shape[0], weight[0].numel()
+    per_map = products.t().reshape(o, 3, k)
+    w = weight.reshape(o, k)
+    grad_gamma = (w * per_map[:, 1]).sum().reshape(1)
+    grad_beta = (w * per_map[:, 2]).sum().reshape(1)
+    return grad_gamma, grad_beta, per_map[:, 0].reshape(weight.shape)
 
 
 class _FirstBlockPool(torch.autograd.Function):
@@ -263,12 +271,8 @@ class _FirstBlockPool(torch.autograd.Function):
             grad_w3.addmm_(cols, grad_flat)
             if has_bias:
                 grad_b += grad_flat.sum(0)
-        grad_w3 = grad_w3.t().reshape(o, 3, k)
-        w = weight.reshape(o, k)
-        grad_gamma = (w * grad_w3[:, 1]).sum().reshape(1)
-        grad_beta = (w * grad_w3[:, 2]).sum().reshape(1)
-        return (None, grad_gamma, grad_beta, grad_w3[:, 0].reshape(weight.shape), grad_b if has_bias else None,
-                None, None, None)
+        grad_gamma, grad_beta, grad_w = _first_block_grads(grad_w3, weight)
+        return None, grad_gamma, grad_beta, grad_w, grad_b if has_bias else None, None, None, None
 
 
 def strided_patches(maps, kernel_size, padding):
