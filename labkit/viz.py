@@ -35,7 +35,7 @@ def plot_triplet_rows(dataset, rows):
     fig, axes = plt.subplots(len(rows), 3, figsize=(3.6, 1.3 * len(rows)), squeeze=False)
     for row, picks in zip(axes, rows):
         for ax, index, role in zip(row, picks, ("anchor", "positive", "negative")):
-            ax.imshow(dataset.images[index], cmap="gray_r")
+            ax.imshow(dataset.images[index].cpu().numpy(), cmap="gray_r")
             ax.set_title(f"{role}: {dataset.targets[index].item()}", fontsize=8)
             ax.set_xticks([]), ax.set_yticks([])
     fig.tight_layout()
@@ -74,7 +74,7 @@ def plot_feature_maps(model, image, channels=6):
             ax = fig.add_subplot(grid[r, c])
             ax.set_xticks([]), ax.set_yticks([])
             if c < maps.shape[0] and maps.dim() == 3:
-                ax.imshow(maps[c], cmap="viridis")
+                ax.imshow(maps[c].numpy(), cmap="viridis")
             else:
                 ax.axis("off")
             if c == 0:
@@ -163,13 +163,13 @@ def plot_neighbours(view, train_images, test_images):
     fig = plt.figure(figsize=(1.2 * (k + 1) + 3.2, 1.5 * len(spaces) + 0.3))
     grid = fig.add_gridspec(len(spaces), k + 3)
     ax = fig.add_subplot(grid[:, 0])
-    ax.imshow(test_images[view["index"]].cpu(), cmap="gray_r"), ax.set_xticks([]), ax.set_yticks([])
+    ax.imshow(test_images[view["index"]].cpu().numpy(), cmap="gray_r"), ax.set_xticks([]), ax.set_yticks([])
     ax.set_title(f"test #{view['index']}\ntrue {view['target']}, predicted {view['prediction']}", fontsize=8,
                  color="black" if view["target"] == view["prediction"] else "tab:red")
     for r, (space, n) in enumerate(spaces.items()):
         for c, (i, d, y) in enumerate(zip(n["indices"], n["distances"], n["targets"])):
             ax = fig.add_subplot(grid[r, c + 1])
-            ax.imshow(train_images[i].cpu(), cmap="gray_r"), ax.set_xticks([]), ax.set_yticks([])
+            ax.imshow(train_images[i].cpu().numpy(), cmap="gray_r"), ax.set_xticks([]), ax.set_yticks([])
             ax.set_title(f"{y}  d={d:.2f}", fontsize=7, color="black" if y == view["target"] else "tab:red")
             if c == 0:
                 ax.set_ylabel(space, fontsize=8)
