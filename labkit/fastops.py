@@ -19,7 +19,7 @@ handle (other layer types or settings, CUDA, other dtypes, hooks a user added) r
   convolution over the unfolded patches, whose weight gradient oneDNN computes fast.
 * **GroupNorm followed by ReLU** (adjacent in an ``nn.Sequential``) on channels_last maps: the CPU's
   GroupNorm is slow in that layout; here the statistics are reductions over the contiguous pixel
-  axis, normalisation and ReLU one pass, the backward pass four passes over the map.
+  axis, normalisation and ReLU one pass, and the backward pass never writes out x - mean.
 """
 import contextlib
 
@@ -125,16 +125,20 @@ class _GroupNormReLU(torch.autograd.Function):
         if not grad_out.is_contiguous():
             grad_out = grad_out.contiguous()
         g = torch.ops.aten.threshold_backward(grad_out.reshape(b, h * w, c), out, 0)
-        centred = x.permute(0, 2, 3, 1).reshape(b, h * w, c) - mean.unsqueeze(1)
+        flat = x.permute(0, 2, 3, 1).reshape(b, h * w, c)
+        # Sums over (x - mean) from sums over x, so x - mean is never written out: one pass fewer
+        # (float64 agrees to ~1e-6 even where the mean is 30 standard deviations from zero).
         sum_g = g.sum(1)  # (B, C)
-        sum_gc = (g * centred).sum(1)  # (B, C): sum of g * (x - mean)
+        sum_gc = (g * flat).sum(1) - mean * sum_g  # (B, C): sum of g * (x - mean)
         grad_weight = (sum_gc * rstd).sum(0)
         grad_bias = sum_g.sum(0)
-        # dx = rstd * (dxhat - mean(dxhat) - xhat * mean(dxhat * xhat)) per group, dxhat = g * weight
+        # dx = rstd * (dxhat - mean(dxhat) - xhat * mean(dxhat * xhat)) per group, dxhat = g * weight,
+        # i.e. g * a + x * k + const per (image, channel)
         m1 = _group_sum(sum_g * weight, groups) / n
         m2 = _group_sum(sum_gc * weight, groups) * rstd / n
-        grad_x = torch.addcmul((-rstd * m1).unsqueeze(1), g, (rstd * weight).unsqueeze(1))
-        grad_x.addcmul_(centred, (-rstd * rstd * m2).unsqueeze(1))
+        k = -rstd * rstd * m2
+        grad_x = torch.addcmul((-rstd * m1 - k * mean).unsqueeze(1), g, (rstd * weight).unsqueeze(1))
+        grad_x.addcmul_(flat, k.unsqueeze(1))
         return grad_x.reshape(b, h, w, c).permute(0, 3, 1, 2), grad_weight, grad_bias, None, None
 
 

@@ -196,3 +196,28 @@ def test_image_block_and_pool_keep_channels_last():
         assert "forward" in vars(model.net)  # the block + pool pair is found in the network
         out = model.net[:2](x)  # the slice is a new Sequential: found there too
     assert out.shape == (6, 8, 13, 13) and out.is_contiguous(memory_format=torch.channels_last)
+
+
+@pytest.mark.parametrize("offset", [0.0, 30.0])
+def test_groupnorm_relu_gradients_match_float64_even_far_from_zero(offset):
+    """The fused backward sums over x, not x - mean: far from zero that must still be exact enough."""
+    torch.manual_seed(0)
+    norm = nn.GroupNorm(8, 32)
+    with torch.no_grad():
+        norm.weight.normal_(), norm.bias.normal_()
+    block = nn.Sequential(norm, nn.ReLU())
+    x0 = (torch.randn(6, 32, 13, 13) + offset).contiguous(memory_format=torch.channels_last)
+    grad = torch.randn(6, 32, 13, 13)
+
+    def grads(module, x):
+        x = x.clone().requires_grad_()
+        module.zero_grad()
+        module(x).backward(grad.to(x.dtype))
+        return [x.grad.double(), module[0].weight.grad.double(), module[0].bias.grad.double()]
+
+    with fast_layers(block):
+        assert "forward" in vars(block)
+        fast = grads(block, x0)
+    exact = grads(copy.deepcopy(block).double(), x0.double())
+    for name, a, b in zip(("input", "weight", "bias"), fast, exact):
+        assert ((a - b).norm() / b.norm()).item() < 1e-5, name
