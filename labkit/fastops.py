@@ -66,7 +66,8 @@ def _is_norm_relu(norm, relu):
 
 
 def _sequential_fused(seq, x):
-    """``nn.Sequential.forward``, with each GroupNorm + ReLU pair run as one fused step where it applies."""
+    """``nn.Sequential.forward``, with the image's block (+ its max-pool) and each GroupNorm + ReLU pair
+    run as one fused step where they apply."""
     modules, i = list(seq), 0
     while i < len(modules):
         if i + 1 < len(modules) and _is_block_pool(modules[i], modules[i + 1]) and _first_block_applies(modules[i], x):
@@ -241,13 +242,11 @@ class _FirstBlockPool(torch.autograd.Function):
         flat_w = weight.reshape(o, k).t()
         cols_z = planar_patches(maps[:1], kernel_size, padding)[0]  # (K, B, Ho, Wo): relu(u)'s patches
         ho, wo = cols_z.shape[2:]
-        cols_z = cols_z.reshape(k, -1)
         outs, indices = [], []
-        for start in range(0, x.shape[0], CHUNK):
-            n = min(CHUNK, x.shape[0] - start)
-            cols = cols_z[:, start * ho * wo:(start + n) * ho * wo].t()  # (n*Ho*Wo, K), a view
+        for cols in cols_z.reshape(k, -1).split(CHUNK * ho * wo, dim=1):  # (K, n*Ho*Wo) views
+            cols = cols.t()
             conv = torch.addmm(bias, cols, flat_w) if bias is not None else torch.mm(cols, flat_w)
-            conv = conv.reshape(n, ho, wo, o).permute(0, 3, 1, 2)  # (n, O, Ho, Wo), channels_last
+            conv = conv.reshape(-1, ho, wo, o).permute(0, 3, 1, 2)  # (n, O, Ho, Wo), channels_last
             pooled, index = torch.ops.aten.max_pool2d_with_indices(conv, *pool)
             outs.append(pooled)
             indices.append(index)
@@ -262,14 +261,12 @@ class _FirstBlockPool(torch.autograd.Function):
         o, k = weight.shape[0], weight[0].numel()
         grad_w3 = grad_out.new_zeros(3 * k, o)
         grad_b = grad_out.new_zeros(o)
-        start, shapes = 0, {}  # the pool's backward reads only the size and layout of its input
-        for chunk, index in zip(maps.split(CHUNK, dim=1), indices):
+        shapes = {}  # the pool's backward reads only the size and layout of its input
+        for chunk, index, grad in zip(maps.split(CHUNK, dim=1), indices, grad_out.split(CHUNK)):
             n = chunk.shape[1]
             if n not in shapes:
                 shapes[n] = torch.empty((n, o, ho, wo), dtype=grad_out.dtype, memory_format=torch.channels_last)
-            grad_conv = torch.ops.aten.max_pool2d_with_indices_backward(
-                grad_out[start:start + n], shapes[n], *pool, index)
-            start += n
+            grad_conv = torch.ops.aten.max_pool2d_with_indices_backward(grad, shapes[n], *pool, index)
             grad_flat = grad_conv.permute(0, 2, 3, 1).reshape(-1, o)  # (n*Ho*Wo, O)
             cols = strided_patches(chunk, kernel_size, padding)  # (3 * K, n*Ho*Wo)
             grad_w3.addmm_(cols, grad_flat)
