@@ -32,6 +32,17 @@ def write_idx(path, array, compress=False):
         f.write(data)
 
 
+def write_split_files(raw, compress=False, seed=0):
+    """The four idx files of a tiny MNIST-format dataset (30 train / 10 test) in ``raw``."""
+    raw.mkdir(parents=True, exist_ok=True)
+    suffix = ".gz" if compress else ""
+    for prefix, n in (("train", 30), ("t10k", 10)):
+        images, targets = tiny_digits(per_class=(n // 10,) * 10, seed=n + seed)
+        write_idx(raw / f"{prefix}-images-idx3-ubyte{suffix}", images, compress=compress)
+        write_idx(raw / f"{prefix}-labels-idx1-ubyte{suffix}", targets.to(torch.uint8), compress=compress)
+    return raw
+
+
 class FullDisk:
     """A file object for ``labkit.outputs._open_fd`` on a full disk: it writes the first ``written``
     bytes of what it is given, then raises ENOSPC."""

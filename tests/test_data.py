@@ -4,24 +4,13 @@ import pytest
 import torch
 
 from labkit import data
-from tests.helpers import tiny_digits, write_idx
+from tests.helpers import tiny_digits, write_idx, write_split_files
 
 
 @pytest.fixture(autouse=True)
 def fresh_resolution(monkeypatch):
     """Each test decides the source anew (the module remembers decisions per process)."""
     monkeypatch.setattr(data, "_resolved", {})
-
-
-def write_split_files(raw, compress=False, seed=0):
-    """The four idx files of a tiny MNIST-format dataset (30 train / 10 test) in ``raw``."""
-    raw.mkdir(parents=True, exist_ok=True)
-    suffix = ".gz" if compress else ""
-    for prefix, n in (("train", 30), ("t10k", 10)):
-        images, targets = tiny_digits(per_class=(n // 10,) * 10, seed=n + seed)
-        write_idx(raw / f"{prefix}-images-idx3-ubyte{suffix}", images, compress=compress)
-        write_idx(raw / f"{prefix}-labels-idx1-ubyte{suffix}", targets.to(torch.uint8), compress=compress)
-    return raw
 
 
 def fake_mnist(root):

@@ -11,7 +11,7 @@ from labkit.model import SimpleMetricEmbedding
 from labkit.recipes import (RECIPES, ClassBalancedBatches, Recipe, get_recipe, results_table, retrieval_metrics,
                             make_optimizer, make_scheduler, other_dataset, run_recipe, train_recipe,
                             triplet_losses)
-from tests.helpers import tiny_digits, write_idx
+from tests.helpers import write_split_files
 
 
 @pytest.fixture(scope="module")
@@ -167,23 +167,14 @@ def test_results_table_shows_mean_and_sd_per_recipe():
     assert row_b.split()[:2] == ["b", "80.00"] and "±" not in row_b
 
 
-def _idx_folder(folder, per_class=(6,) * 10):
-    """The four idx files of a tiny dataset in ``folder``."""
-    folder.mkdir(parents=True)
-    for prefix, seed in (("train", 0), ("t10k", 1)):
-        images, targets = tiny_digits(per_class=per_class, seed=seed)
-        write_idx(folder / f"{prefix}-images-idx3-ubyte", images)
-        write_idx(folder / f"{prefix}-labels-idx1-ubyte", targets.to(torch.uint8))
-
-
 def test_local_folder_finds_the_files_without_downloading(tmp_path, monkeypatch):
     monkeypatch.setattr(data, "DEBIAN_DIR", {"fashion": tmp_path / "debian"})
     monkeypatch.delenv("LABKIT_FASHION_DIR", raising=False)
     monkeypatch.setattr(data, "_download", lambda *a: pytest.fail("local_folder must never download"))
     assert data.local_folder("fashion", root=tmp_path) is None
-    _idx_folder(tmp_path / "debian")
+    write_split_files(tmp_path / "debian")
     assert data.local_folder("fashion", root=tmp_path) == tmp_path / "debian"
-    _idx_folder(tmp_path / "FashionMNIST" / "raw")  # the data folder comes first, as for load_digits
+    write_split_files(tmp_path / "FashionMNIST" / "raw")  # the data folder comes first, as for load_digits
     assert data.local_folder("fashion", root=tmp_path) == tmp_path / "FashionMNIST" / "raw"
     with pytest.raises(ValueError, match="sample is always here"):
         data.local_folder("sample")
@@ -198,13 +189,13 @@ def test_other_dataset_is_fashion_beside_digits_and_digits_beside_fashion(tmp_pa
     name, sets = other_dataset("fashion", size=(200, 20))  # no MNIST files here: the bundled sample
     assert name == "sample" and [len(s) for s in sets] == [200, 200, 20]
     assert [s.split for s in sets] == ["train", "traineval", "test"]
-    _idx_folder(tmp_path / "FashionMNIST" / "raw")
-    name, sets = other_dataset("mnist", size=(40, 100))
-    assert name == "fashion" and [len(s) for s in sets] == [40, 40, 60]  # at most what the files hold
+    write_split_files(tmp_path / "FashionMNIST" / "raw")  # 30 training, 10 test images
+    name, sets = other_dataset("mnist", size=(100, 5))
+    assert name == "fashion" and [len(s) for s in sets] == [30, 30, 5]  # at most what the files hold
     assert {s.source for s in sets} == {"fashion"}
-    _idx_folder(tmp_path / "MNIST" / "raw", per_class=(3,) * 10)
+    write_split_files(tmp_path / "MNIST" / "raw", seed=1)
     name, sets = other_dataset("fashion")
-    assert name == "mnist" and [len(s) for s in sets] == [30, 30, 30]
+    assert name == "mnist" and [len(s) for s in sets] == [30, 30, 10] and {s.source for s in sets} == {"mnist"}
 
 
 def test_results_table_fits_long_recipe_names():
