@@ -20,12 +20,19 @@ handle (other layer types or settings, CUDA, other dtypes, hooks a user added) r
 * **GroupNorm followed by ReLU** (adjacent in an ``nn.Sequential``) on channels_last maps: the CPU's
   GroupNorm is slow in that layout; here the statistics are reductions over the contiguous pixel
   axis, normalisation and ReLU one pass, and the backward pass never writes out x - mean.
+
+Where ``labkit.native`` has its compiled kernels (a C compiler was found; maps with a multiple of 16
+channels), the image's block + max-pool and GroupNorm + ReLU run there instead, image by image while
+the image is in the cache: the convolution and its pool in one loop, and in the backward pass only
+the pool's maxima visited. The PyTorch code below computes the same and is what runs everywhere else.
 """
 import contextlib
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from labkit import native
 
 
 @contextlib.contextmanager
@@ -106,6 +113,15 @@ class _GroupNormReLU(torch.autograd.Function):
     def forward(ctx, x, weight, bias, groups, eps):
         b, c, h, w = x.shape
         flat = x.permute(0, 2, 3, 1).reshape(b, h * w, c)
+        ctx.native = _native_channels(c)
+        if ctx.native:  # the same, compiled: each image's statistics and output in one go, in the cache
+            out = torch.empty_like(flat)
+            mean, rstd = flat.new_empty(b, groups), flat.new_empty(b, groups)
+            native.call("norm_relu_forward", b, h * w, c, groups, flat, weight.contiguous(), bias.contiguous(), eps,
+                        out, mean, rstd)
+            ctx.save_for_backward(x, out, mean, rstd, weight)
+            ctx.groups = groups
+            return out.reshape(b, h, w, c).permute(0, 3, 1, 2)
         n = h * w * (c // groups)
         mean = _group_sum(flat.sum(1), groups) / n  # (B, C): each channel gets its group's mean
         centred = flat - mean.unsqueeze(1)
@@ -125,6 +141,14 @@ class _GroupNormReLU(torch.autograd.Function):
         grad_out = grad_out.permute(0, 2, 3, 1)
         if not grad_out.is_contiguous():
             grad_out = grad_out.contiguous()
+        if ctx.native:
+            flat = x.permute(0, 2, 3, 1).reshape(b, h * w, c)
+            grad_x, sum_g, sum_gc = torch.empty_like(flat), flat.new_empty(b, c), flat.new_empty(b, c)
+            native.call("norm_relu_backward", b, h * w, c, groups, grad_out.reshape(b, h * w, c), out, flat, mean,
+                        rstd, weight.contiguous(), grad_x, sum_g, sum_gc)
+            rstd_c = rstd.repeat_interleave(c // groups, dim=1)  # (B, C): each channel its group's
+            return (grad_x.reshape(b, h, w, c).permute(0, 3, 1, 2), (sum_gc * rstd_c).sum(0), sum_g.sum(0),
+                    None, None)
         g = torch.ops.aten.threshold_backward(grad_out.reshape(b, h * w, c), out, 0)
         flat = x.permute(0, 2, 3, 1).reshape(b, h * w, c)
         # Sums over (x - mean) from sums over x, so x - mean is never written out: one pass fewer
@@ -232,13 +256,27 @@ def _first_block_grads(products, weight):
 
 class _FirstBlockPool(torch.autograd.Function):
     """max_pool(conv(relu(group_norm(x)))) for a 1-channel image x that needs no gradient, ``CHUNK`` images
-    at a time. Gradients as in ``_FirstBlock``; the pool's indices are ATen's, so ties go where autograd sends them."""
+    at a time (or image by image in ``native.c``). Gradients as in ``_FirstBlock``; the pool's maxima are
+    ATen's (the compiled kernel picks the same), so ties go where autograd sends them."""
 
     @staticmethod
     def forward(ctx, x, gamma, beta, weight, bias, eps, padding, pool):
+        # (compiled, the maps would save 0.2 ms a step but round otherwise than here; the tests' images,
+        # with near-ties in the second max-pool, flip a gradient by ~1 % on 1e-6 changes, plain autograd's too)
         maps = _first_block_maps(x, gamma, beta, eps)
         kernel_size = tuple(weight.shape[2:])
         o, k = weight.shape[0], weight[0].numel()
+        ctx.native = _native_channels(o)
+        if ctx.native:  # the same, compiled: convolution and pool per image, in the cache
+            geometry = _native_geometry(maps, weight, padding, pool)
+            out = maps.new_empty(geometry.n, geometry.hp, geometry.wp, o)
+            index = torch.empty(out.shape, dtype=torch.int32)
+            taps_first = weight.reshape(o, k).t().contiguous()  # (K, O)
+            bias_c = bias.contiguous() if bias is not None else None
+            native.call("block_pool_forward", geometry, maps[0], taps_first, bias_c, out, index)
+            ctx.save_for_backward(maps, weight, index)
+            ctx.geometry = (geometry, bias is not None)
+            return out.permute(0, 3, 1, 2)  # (B, O, Hp, Wp), channels_last
         flat_w = weight.reshape(o, k).t()
         cols_z = planar_patches(maps[:1], kernel_size, padding)[0]  # (K, B, Ho, Wo): relu(u)'s patches
         ho, wo = cols_z.shape[2:]
@@ -256,6 +294,8 @@ class _FirstBlockPool(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad_out):
+        if ctx.native:
+            return _first_block_pool_native_backward(ctx, grad_out)
         maps, weight, *indices = ctx.saved_tensors
         kernel_size, padding, pool, (ho, wo), has_bias = ctx.geometry
         o, k = weight.shape[0], weight[0].numel()
@@ -274,6 +314,35 @@ class _FirstBlockPool(torch.autograd.Function):
                 grad_b += grad_flat.sum(0)
         grad_gamma, grad_beta, grad_w = _first_block_grads(grad_w3, weight)
         return None, grad_gamma, grad_beta, grad_w, grad_b if has_bias else None, None, None, None
+
+
+def _native_channels(channels):
+    """Whether the compiled kernels are here and take maps with this many channels (whole vectors of 16)."""
+    return channels % 16 == 0 and native.kernels() is not None
+
+
+def _native_geometry(maps, weight, padding, pool):
+    """``native.Geometry`` for the (3, B, H, W) maps, the convolution and the pool (whose output shape,
+    and the check of its settings, come from ATen on the meta device)."""
+    _, b, h, w = maps.shape
+    (kh, kw), (ph, pw) = weight.shape[2:], padding
+    hc, wc = h + 2 * ph - kh + 1, w + 2 * pw - kw + 1
+    pooled = torch.ops.aten.max_pool2d(torch.empty(1, 1, hc, wc, device="meta"), *pool)
+    (pkh, pkw), (psh, psw), (pph, ppw), (pdh, pdw), _ = pool
+    return native.Geometry(b, h, w, weight.shape[0], kh, kw, ph, pw, hc, wc,
+                           pkh, pkw, psh, psw, pph, ppw, pdh, pdw, *pooled.shape[2:])
+
+
+def _first_block_pool_native_backward(ctx, grad_out):
+    maps, weight, index = ctx.saved_tensors
+    geometry, has_bias = ctx.geometry
+    o, k = weight.shape[0], weight[0].numel()
+    grad = grad_out.permute(0, 2, 3, 1).contiguous()  # (B, Hp, Wp, O): no copy when channels_last
+    products = grad.new_zeros(o, 3 * k)
+    grad_b = grad.new_zeros(o)
+    native.call("block_pool_backward", geometry, 3, maps, grad, index, products, grad_b)
+    grad_gamma, grad_beta, grad_w = _first_block_grads(products.t(), weight)
+    return None, grad_gamma, grad_beta, grad_w, grad_b if has_bias else None, None, None, None
 
 
 def strided_patches(maps, kernel_size, padding):

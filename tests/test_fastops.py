@@ -5,10 +5,31 @@ import torch
 from torch import nn
 
 from labkit import device as labdevice
-from labkit import training
+from labkit import native, training
 from labkit.device import mixed_precision, prepare_model
 from labkit.fastops import fast_layers
 from labkit.model import SimpleMetricEmbedding
+
+
+@pytest.fixture(params=["native", "torch"])
+def kernels(request, monkeypatch):
+    """A test that takes this runs twice: on the compiled kernels (``labkit.native``) and on fastops'
+    PyTorch code. It gets the list of the compiled kernels called, to check the path it meant to test."""
+    called = []
+    if request.param == "torch":
+        with native.disabled():
+            yield called
+        assert called == []
+        return
+    if native.kernels() is None:
+        try:
+            native._compiler()
+        except RuntimeError as err:
+            pytest.skip(f"no compiled kernels here: {err}")
+        pytest.fail(f"a C compiler is here but the kernels did not build: {native.why_not()}")
+    call = native.call
+    monkeypatch.setattr(native, "call", lambda name, *args: called.append(name) or call(name, *args))
+    yield called
 
 
 def loss_and_grads(model, images, fast, amp=False):
@@ -36,15 +57,19 @@ def images(n=24, seed=0):
 
 
 @pytest.mark.parametrize("channels_last", [True, False])
-def test_loss_and_gradients_equal_autograd_in_float32(channels_last):
+def test_loss_and_gradients_equal_autograd_in_float32(channels_last, kernels):
     torch.manual_seed(0)
     model = SimpleMetricEmbedding(1, 32)
     model = prepare_model(model, "cpu") if channels_last else model
     x = images()
     plain_loss, plain = loss_and_grads(model, x, fast=False)
+    assert kernels == []  # fast=False runs plain autograd only
     fast_loss, fast = loss_and_grads(model, x, fast=True)
     torch.testing.assert_close(fast_loss, plain_loss, rtol=1e-5, atol=1e-6)
     assert_close_grads(fast, plain, rtol=1e-4, atol_scale=1e-5)
+    if channels_last and native.kernels() is not None:
+        assert sorted(set(kernels)) == ["block_pool_backward", "block_pool_forward", "norm_relu_backward",
+                                        "norm_relu_forward"]
 
 
 @pytest.fixture
@@ -53,7 +78,7 @@ def native_bf16(monkeypatch):
     monkeypatch.setattr(labdevice, "bf16_fast", lambda device: True)
 
 
-def test_loss_and_gradients_equal_autograd_with_bf16_convolutions(native_bf16):
+def test_loss_and_gradients_equal_autograd_with_bf16_convolutions(native_bf16, kernels):
     torch.manual_seed(0)
     model = prepare_model(SimpleMetricEmbedding(1, 32), "cpu")
     x = images()
@@ -69,7 +94,7 @@ def test_loss_and_gradients_equal_autograd_with_bf16_convolutions(native_bf16):
         assert off_fast <= 2 * off_plain + 1e-2, (name, off_fast.item(), off_plain.item())
 
 
-def test_training_through_the_fast_path_equals_plain_autograd(monkeypatch):
+def test_training_through_the_fast_path_equals_plain_autograd(monkeypatch, kernels):
     from labkit.loaders import TripletBatches
 
     class Tiny:  # a dataset as TripletBatches reads it
@@ -162,12 +187,13 @@ def test_user_hooks_switch_the_fusion_off():
 
 
 @pytest.mark.parametrize("pool", [nn.MaxPool2d(3, 2), nn.MaxPool2d(2, padding=1, ceil_mode=True), nn.MaxPool2d(3, 1, dilation=2)])
-def test_image_block_and_pool_in_chunks_equal_autograd(pool, monkeypatch):
+@pytest.mark.parametrize("channels", [16, 6])  # whole vectors of 16 for the compiled kernels; 6 runs the PyTorch code
+def test_image_block_and_pool_in_chunks_equal_autograd(pool, channels, monkeypatch, kernels):
     from labkit import fastops
 
-    monkeypatch.setattr(fastops, "CHUNK", 4)  # 10 images: chunks of 4, 4 and 2
+    monkeypatch.setattr(fastops, "CHUNK", 4)  # 10 images: chunks of 4, 4 and 2 (on the PyTorch code)
     torch.manual_seed(0)
-    block = nn.Sequential(nn.GroupNorm(1, 1), nn.ReLU(), nn.Conv2d(1, 6, 3, padding=1))
+    block = nn.Sequential(nn.GroupNorm(1, 1), nn.ReLU(), nn.Conv2d(1, channels, 3, padding=1))
     with torch.no_grad():
         block[0].weight.fill_(1.3), block[0].bias.fill_(0.2)
     net = prepare_model(nn.Sequential(block, pool, nn.Flatten()), "cpu")
@@ -187,6 +213,8 @@ def test_image_block_and_pool_in_chunks_equal_autograd(pool, monkeypatch):
     torch.testing.assert_close(out, plain, rtol=1e-5, atol=1e-5)
     for a, b in zip(fast, [p.grad for p in net.parameters()]):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4 * b.abs().max().item())
+    compiled = channels % 16 == 0 and native.kernels() is not None
+    assert kernels == (["block_pool_forward", "block_pool_backward"] if compiled else [])
 
 
 def test_image_block_and_pool_keep_channels_last():
@@ -199,7 +227,7 @@ def test_image_block_and_pool_keep_channels_last():
 
 
 @pytest.mark.parametrize("offset", [0.0, 30.0])
-def test_groupnorm_relu_gradients_match_float64_even_far_from_zero(offset):
+def test_groupnorm_relu_gradients_match_float64_even_far_from_zero(offset, kernels):
     """The fused backward sums over x, not x - mean: far from zero that must still be exact enough."""
     torch.manual_seed(0)
     norm = nn.GroupNorm(8, 32)
@@ -221,3 +249,4 @@ def test_groupnorm_relu_gradients_match_float64_even_far_from_zero(offset):
     exact = grads(copy.deepcopy(block).double(), x0.double())
     for name, a, b in zip(("input", "weight", "bias"), fast, exact):
         assert ((a - b).norm() / b.norm()).item() < 1e-5, name
+    assert kernels == (["norm_relu_forward", "norm_relu_backward"] if native.kernels() is not None else [])

@@ -1,0 +1,327 @@
+/* CPU kernels for labkit.fastops, compiled on first use by labkit/native.py (gcc or clang, OpenMP).
+ *
+ * Every map is float32 and channels_last: (N, H, W, C), channels innermost, so the loops over
+ * channels are the ones the compiler vectorises. Each kernel works image by image, in parallel over
+ * images; an image's working set (a few hundred KB at most for the lab) stays in the core's cache.
+ * The Python side checks shapes, layouts and dtypes before it calls in; nothing here allocates
+ * tensors or raises.
+ */
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define INLINE static inline __attribute__((always_inline))
+
+/* ------------------------------------------------------------------ the image's block + max-pool
+ * z: (N, H, W) = relu(group_norm(image)), one channel. wt: (K, C), the convolution weight with the
+ * taps first (K = kh * kw). The convolution has stride 1 and zero padding (ph, pw): its output is
+ * (N, Hc, Wc, C), never stored whole; each image's is pooled at once into out (N, Hp, Wp, C), and
+ * idx gets, per pooled value, the flat position hc * Wc + wc of the maximum in the convolution's
+ * output: the first in scan order, NaN winning, as ATen's max-pool picks it. */
+typedef struct {
+    int n, h, w, c, kh, kw, ph, pw;             /* input and convolution */
+    int hc, wc;                                  /* convolution output */
+    int pkh, pkw, psh, psw, pph, ppw, pdh, pdw;  /* pool kernel, stride, padding, dilation */
+    int hp, wp;                                  /* pool output */
+} Geometry;
+
+#define BC 16 /* channels per block: one vector (one AVX-512 register, two AVX2 ones); C must be a multiple */
+typedef float v16 __attribute__((vector_size(BC * 4)));
+typedef int v16i __attribute__((vector_size(BC * 4)));
+INLINE v16 load(const float *p) { v16 v; memcpy(&v, p, sizeof v); return v; }
+INLINE v16i loadi(const int *p) { v16i v; memcpy(&v, p, sizeof v); return v; }
+INLINE void store(float *p, v16 v) { memcpy(p, &v, sizeof v); }
+INLINE void storei(int *p, v16i v) { memcpy(p, &v, sizeof v); }
+
+/* The convolution of one image, channels c0..c0+BC, into conv (Hc, Wc, C), from the image zero-padded
+ * into zp (Hc + kh - 1, Wc + kw - 1). Four output pixels at a time: four independent sums keep the
+ * FMA units busy where one would wait on each previous result. */
+INLINE void conv_image(const Geometry *g, const float *zp, const float *wt, const float *bias, float *conv, int c0) {
+    const int C = g->c, wpad = g->wc + g->kw - 1;
+    const v16 start = bias ? load(bias + c0) : (v16){0};
+    for (int hc = 0; hc < g->hc; hc++) {
+        int wc = 0;
+        for (; wc + 4 <= g->wc; wc += 4) {
+            v16 a0 = start, a1 = start, a2 = start, a3 = start;
+            for (int i = 0; i < g->kh; i++) {
+                const float *row = zp + (hc + i) * wpad + wc;
+                for (int j = 0; j < g->kw; j++) {
+                    v16 w = load(wt + (i * g->kw + j) * C + c0);
+                    a0 += row[j] * w;
+                    a1 += row[j + 1] * w;
+                    a2 += row[j + 2] * w;
+                    a3 += row[j + 3] * w;
+                }
+            }
+            float *o = conv + (hc * g->wc + wc) * C + c0;
+            store(o, a0);
+            store(o + C, a1);
+            store(o + 2 * C, a2);
+            store(o + 3 * C, a3);
+        }
+        for (; wc < g->wc; wc++) {
+            v16 a0 = start;
+            for (int i = 0; i < g->kh; i++)
+                for (int j = 0; j < g->kw; j++) a0 += zp[(hc + i) * wpad + wc + j] * load(wt + (i * g->kw + j) * C + c0);
+            store(conv + (hc * g->wc + wc) * C + c0, a0);
+        }
+    }
+}
+
+/* z (H, W) into the middle of zp, whose border stays zero. */
+INLINE void pad_image(const Geometry *g, const float *z, float *zp) {
+    const int wpad = g->wc + g->kw - 1;
+    for (int h = 0; h < g->h; h++) memcpy(zp + (h + g->ph) * wpad + g->pw, z + h * g->w, sizeof(float) * g->w);
+}
+
+/* Max-pool one image's convolution output, channels c0..c0+BC. */
+INLINE void pool_image(const Geometry *g, const float *conv, float *out, int *idx, int c0) {
+    const int C = g->c;
+    for (int oh = 0; oh < g->hp; oh++)
+        for (int ow = 0; ow < g->wp; ow++) {
+            int h0 = oh * g->psh - g->pph, w0 = ow * g->psw - g->ppw;
+            int h1 = h0 + (g->pkh - 1) * g->pdh + 1, w1 = w0 + (g->pkw - 1) * g->pdw + 1;
+            if (h1 > g->hc) h1 = g->hc;
+            if (w1 > g->wc) w1 = g->wc;
+            while (h0 < 0) h0 += g->pdh;
+            while (w0 < 0) w0 += g->pdw;
+            v16 best = (v16){0} - INFINITY;
+            v16i at = (v16i){0} + (h0 * g->wc + w0);
+            for (int hh = h0; hh < h1; hh += g->pdh)
+                for (int ww = w0; ww < w1; ww += g->pdw) {
+                    v16 v = load(conv + (hh * g->wc + ww) * C + c0);
+                    v16i take = (v > best) | (v != v);  /* -1 where v is larger or NaN */
+                    best = (v16)((take & (v16i)v) | (~take & (v16i)best));
+                    at = (take & (hh * g->wc + ww)) | (~take & at);
+                }
+            long o = (long)(oh * g->wp + ow) * C + c0;
+            store(out + o, best);
+            storei(idx + o, at);
+        }
+}
+
+void block_pool_forward(const Geometry *g, const float *z, const float *wt, const float *bias, float *out, int *idx,
+                        int threads) {
+#pragma omp parallel num_threads(threads)
+    {
+        float *conv = malloc(sizeof(float) * g->hc * g->wc * g->c);
+        float *zp = calloc((size_t)(g->hc + g->kh - 1) * (g->wc + g->kw - 1), sizeof(float));
+#pragma omp for schedule(static)
+        for (int n = 0; n < g->n; n++) {
+            long o = (long)n * g->hp * g->wp * g->c;
+            pad_image(g, z + (long)n * g->h * g->w, zp);
+            for (int c0 = 0; c0 < g->c; c0 += BC) conv_image(g, zp, wt, bias, conv, c0);
+            for (int c0 = 0; c0 < g->c; c0 += BC) pool_image(g, conv, out + o, idx + o, c0);
+        }
+        free(conv);
+        free(zp);
+    }
+}
+
+/* maps: (M, N, H, W), the M one-channel maps whose patches the weight-like gradients multiply
+ * (relu(u), [u > 0] * xhat and [u > 0] for the image's block). grad: (N, Hp, Wp, C), the pooled
+ * output's gradient; idx from block_pool_forward. Adds to prod (C, MK) the products
+ * sum over pooled values of grad * (the M * K patch values at its maximum), MK = M * K, and to
+ * grad_bias (C) the sum of grad. Only the maxima get gradient, so only they are visited, through a
+ * table of each pixel's MK patch values (zero-padded to MKP, a whole number of vectors). */
+INLINE void pad_maps(const Geometry *g, int m, const float *maps, int n, float *padded) {
+    const int hpad = g->h + 2 * g->ph, wpad = g->w + 2 * g->pw;
+    for (int q = 0; q < m; q++) {
+        const float *map = maps + ((long)q * g->n + n) * g->h * g->w;
+        float *pq = padded + q * hpad * wpad;
+        for (int hh = 0; hh < g->h; hh++) memcpy(pq + (hh + g->ph) * wpad + g->pw, map + hh * g->w, sizeof(float) * g->w);
+    }
+}
+
+/* One image's share of the products. The pooled gradient is first summed onto the convolution pixels
+ * where the maxima lie (gsum (Hc * Wc, C); about 40 % of the pixels for MNIST, listed in order in
+ * list), then for each map, kernel row and channel block, over the listed pixels,
+ * accT (MK, C) += patch value * gsum row: a broadcast times a vector, the kw sums in registers. */
+INLINE void accumulate_image(const Geometry *g, int m, const float *restrict padded, const float *restrict grad,
+                             const int *restrict idx, float *restrict gsum, unsigned char *restrict used,
+                             int *restrict list, float *restrict acc_t, float *restrict acc_b, const int KH,
+                             const int KW) {
+    const int C = g->c, npool = g->hp * g->wp, npix = g->hc * g->wc, k = KH * KW;
+    const int hpad = g->h + 2 * g->ph, wpad = g->w + 2 * g->pw;
+    int count = 0;
+    memset(used, 0, npix);
+    for (int e = 0; e < npool * C; e++) used[idx[e]] = 1;
+    for (int p = 0; p < npix; p++)
+        if (used[p]) {
+            list[count++] = p;
+            memset(gsum + (long)p * C, 0, sizeof(float) * C);
+        }
+    for (int o = 0; o < npool; o++) {
+        const int *ix = idx + o * C;
+        const float *gr = grad + o * C;
+        for (int c = 0; c < C; c++) gsum[(long)ix[c] * C + c] += gr[c];
+    }
+    for (int c0 = 0; c0 < C; c0 += BC) {
+        v16 sum = (v16){0};
+        for (int o = 0; o < npool; o++) sum += load(grad + o * C + c0);
+        store(acc_b + c0, load(acc_b + c0) + sum);
+    }
+    for (int q = 0; q < m; q++)
+        for (int c0 = 0; c0 < C; c0 += BC) {
+            v16 a[KH * KW];
+            for (int t = 0; t < KH * KW; t++) a[t] = (v16){0};
+            const float *map = padded + q * hpad * wpad;
+            for (int e = 0; e < count; e++) {
+                int p = list[e];
+                const float *src = map + (p / g->wc) * wpad + p % g->wc;
+                v16 gv = load(gsum + (long)p * C + c0);
+                for (int i = 0; i < KH; i++)
+                    for (int j = 0; j < KW; j++) a[i * KW + j] += src[i * wpad + j] * gv;
+            }
+            for (int t = 0; t < KH * KW; t++) {
+                float *at = acc_t + (long)(q * k + t) * C + c0;
+                store(at, load(at) + a[t]);
+            }
+        }
+}
+
+void block_pool_backward(const Geometry *g, int m, const float *maps, const float *grad, const int *idx, float *prod,
+                         float *grad_bias, int threads) {
+    const int C = g->c, mk = m * g->kh * g->kw, npix = g->hc * g->wc;
+    const int hpad = g->h + 2 * g->ph, wpad = g->w + 2 * g->pw;
+#pragma omp parallel num_threads(threads)
+    {
+        float *padded = calloc((size_t)m * hpad * wpad, sizeof(float));  /* the borders stay zero */
+        float *gsum = malloc(sizeof(float) * npix * C);
+        unsigned char *used = malloc(npix);
+        int *list = malloc(sizeof(int) * npix);
+        float *acc_t = calloc((size_t)mk * C, sizeof(float));
+        float *acc_b = calloc(C, sizeof(float));
+#pragma omp for schedule(static)
+        for (int n = 0; n < g->n; n++) {
+            long base = (long)n * g->hp * g->wp * C;
+            pad_maps(g, m, maps, n, padded);
+            if (g->kh == 3 && g->kw == 3)
+                accumulate_image(g, m, padded, grad + base, idx + base, gsum, used, list, acc_t, acc_b, 3, 3);
+            else
+                accumulate_image(g, m, padded, grad + base, idx + base, gsum, used, list, acc_t, acc_b, g->kh, g->kw);
+        }
+#pragma omp critical
+        {
+            for (int c = 0; c < C; c++) {
+                for (int t = 0; t < mk; t++) prod[c * mk + t] += acc_t[t * C + c];
+                grad_bias[c] += acc_b[c];
+            }
+        }
+        free(padded);
+        free(gsum);
+        free(used);
+        free(list);
+        free(acc_t);
+        free(acc_b);
+    }
+}
+
+/* ------------------------------------------------------------------ GroupNorm + ReLU
+ * x, out: (N, P, C) with P pixels; G groups of C / G channels; mean, rstd: (N, G). Each image is
+ * read from the cache after its first pass. */
+INLINE void norm_relu_forward_image(int P, int G, const float *restrict xi, const float *restrict weight,
+                                    const float *restrict bias, float eps, float *restrict oi, float *restrict mean,
+                                    float *restrict rstd, const int C) {
+    const int cg = C / G;
+    const float count = (float)P * cg;
+    float s[C], mu[C], sq[C], scale[C], shift[C];
+    for (int c = 0; c < C; c++) s[c] = sq[c] = 0.0f;
+    for (int p = 0; p < P; p++)
+        for (int c = 0; c < C; c++) s[c] += xi[p * C + c];
+    for (int gi = 0; gi < G; gi++) {
+        float t = 0.0f;
+        for (int c = gi * cg; c < (gi + 1) * cg; c++) t += s[c];
+        for (int c = gi * cg; c < (gi + 1) * cg; c++) mu[c] = t / count;
+        mean[gi] = t / count;
+    }
+    for (int p = 0; p < P; p++)
+        for (int c = 0; c < C; c++) {
+            float d = xi[p * C + c] - mu[c];
+            sq[c] += d * d;
+        }
+    for (int gi = 0; gi < G; gi++) {
+        float t = 0.0f;
+        for (int c = gi * cg; c < (gi + 1) * cg; c++) t += sq[c];
+        float r = 1.0f / sqrtf(t / count + eps);
+        rstd[gi] = r;
+        for (int c = gi * cg; c < (gi + 1) * cg; c++) {
+            scale[c] = r * weight[c];
+            shift[c] = bias[c] - mu[c] * scale[c];
+        }
+    }
+    for (int p = 0; p < P; p++)
+        for (int c = 0; c < C; c++) {
+            float v = xi[p * C + c] * scale[c] + shift[c];
+            oi[p * C + c] = v > 0.0f ? v : 0.0f;
+        }
+}
+
+void norm_relu_forward(int n_img, int P, int C, int G, const float *x, const float *weight, const float *bias,
+                       float eps, float *out, float *mean, float *rstd, int threads) {
+#pragma omp parallel for num_threads(threads) schedule(static)
+    for (int n = 0; n < n_img; n++) {
+        long off = (long)n * P * C;
+        if (C == 32)
+            norm_relu_forward_image(P, G, x + off, weight, bias, eps, out + off, mean + n * G, rstd + n * G, 32);
+        else
+            norm_relu_forward_image(P, G, x + off, weight, bias, eps, out + off, mean + n * G, rstd + n * G, C);
+    }
+}
+
+/* grad_out, out, x: (N, P, C). Writes grad_x (N, P, C) and, per image and channel, sum_g and
+ * sum_gc (N, C): the sums of g = grad_out * [out > 0] and of g * (x - mean), from which the caller
+ * takes the weight and bias gradients. */
+INLINE void norm_relu_backward_image(int P, int G, const float *restrict go, const float *restrict oi,
+                                     const float *restrict xi, const float *restrict mean, const float *restrict rstd,
+                                     const float *restrict weight, float *restrict gx, float *restrict sum_g,
+                                     float *restrict sum_gc, const int C) {
+    const int cg = C / G;
+    const float count = (float)P * cg;
+    float sg[C], sgx[C], a[C], k[C], b[C];
+    for (int c = 0; c < C; c++) sg[c] = sgx[c] = 0.0f;
+    for (int p = 0; p < P; p++)
+        for (int c = 0; c < C; c++) {
+            float g = oi[p * C + c] > 0.0f ? go[p * C + c] : 0.0f;
+            sg[c] += g;
+            sgx[c] += g * xi[p * C + c];
+        }
+    for (int gi = 0; gi < G; gi++) {
+        float mu = mean[gi], r = rstd[gi], m1 = 0.0f, m2 = 0.0f;
+        for (int c = gi * cg; c < (gi + 1) * cg; c++) {
+            float sc = sgx[c] - mu * sg[c];
+            sum_g[c] = sg[c];
+            sum_gc[c] = sc;
+            m1 += sg[c] * weight[c];
+            m2 += sc * weight[c];
+        }
+        m1 /= count;
+        m2 = m2 * r / count;
+        float kk = -r * r * m2;
+        for (int c = gi * cg; c < (gi + 1) * cg; c++) {
+            a[c] = r * weight[c];
+            k[c] = kk;
+            b[c] = -r * m1 - kk * mu;
+        }
+    }
+    for (int p = 0; p < P; p++)
+        for (int c = 0; c < C; c++) {
+            float g = oi[p * C + c] > 0.0f ? go[p * C + c] : 0.0f;
+            gx[p * C + c] = g * a[c] + xi[p * C + c] * k[c] + b[c];
+        }
+}
+
+void norm_relu_backward(int n_img, int P, int C, int G, const float *grad_out, const float *out, const float *x,
+                        const float *mean, const float *rstd, const float *weight, float *grad_x, float *sum_g,
+                        float *sum_gc, int threads) {
+#pragma omp parallel for num_threads(threads) schedule(static)
+    for (int n = 0; n < n_img; n++) {
+        long off = (long)n * P * C;
+        if (C == 32)
+            norm_relu_backward_image(P, G, grad_out + off, out + off, x + off, mean + n * G, rstd + n * G, weight,
+                                     grad_x + off, sum_g + n * C, sum_gc + n * C, 32);
+        else
+            norm_relu_backward_image(P, G, grad_out + off, out + off, x + off, mean + n * G, rstd + n * G, weight,
+                                     grad_x + off, sum_g + n * C, sum_gc + n * C, C);
+    }
+}

@@ -1,0 +1,104 @@
+"""labkit.native: the compiled kernels build once, are found again, and are never required."""
+import subprocess
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from labkit import fastops, native
+from labkit.fastops import fast_layers
+
+
+@pytest.fixture
+def compiled():
+    if native.kernels() is None:
+        try:
+            native._compiler()
+        except RuntimeError as err:
+            pytest.skip(f"no compiled kernels here: {err}")
+        pytest.fail(f"a C compiler is here but the kernels did not build: {native.why_not()}")
+
+
+@pytest.fixture
+def fresh(monkeypatch, tmp_path):
+    """A first use in a new cache folder: the kernels are looked for (and built) anew, then forgotten."""
+    monkeypatch.setenv("LABKIT_CACHE", str(tmp_path))
+    monkeypatch.setattr(native, "_state", {"lib": None, "tried": False, "error": None, "disabled": 0})
+    return tmp_path
+
+
+@pytest.mark.parametrize("pool", [nn.MaxPool2d(3, 2), nn.MaxPool2d(2, padding=1, ceil_mode=True),
+                                  nn.MaxPool2d(3, 1, dilation=2)])
+def test_block_pool_kernel_picks_the_maxima_aten_picks(pool, compiled):
+    """Small integers make the convolution exact, so its output has ties everywhere: the kernel must
+    pick the same maximum (the first in scan order) as ATen, whose indices autograd follows."""
+    g = torch.Generator().manual_seed(0)
+    z = torch.randint(0, 3, (5, 28, 28), generator=g).float()
+    weight = torch.randint(-2, 3, (32, 1, 3, 3), generator=g).float()
+    bias = torch.randint(-2, 3, (32,), generator=g).float()
+    conv = F.conv2d(z.unsqueeze(1), weight, bias, padding=1)
+    ref, ref_index = torch.ops.aten.max_pool2d_with_indices(conv, *fastops._pool_geometry(pool))
+    maps = z.unsqueeze(0).expand(3, -1, -1, -1).contiguous()
+    geometry = fastops._native_geometry(maps, weight, (1, 1), fastops._pool_geometry(pool))
+    out = torch.empty(5, geometry.hp, geometry.wp, 32)
+    index = torch.empty(out.shape, dtype=torch.int32)
+    native.call("block_pool_forward", geometry, maps[0], weight.reshape(32, 9).t().contiguous(), bias, out, index)
+    assert (out.permute(0, 3, 1, 2) == ref).all()
+    assert (index.permute(0, 3, 1, 2) == ref_index).all()
+
+
+def test_the_build_is_cached_and_reused(fresh, compiled, monkeypatch):
+    assert native.kernels() is not None
+    built = list((fresh / "native").glob("*.so"))
+    assert len(built) == 1 and not list((fresh / "native").glob("tmp*"))  # the temporary file was renamed
+    monkeypatch.setattr(native, "_state", {"lib": None, "tried": False, "error": None, "disabled": 0})
+    monkeypatch.setattr(subprocess, "run", lambda *a, **k: pytest.fail("compiled again"))
+    assert native.kernels() is not None  # a second process finds the first one's build
+
+
+def test_a_failed_build_falls_back_to_pytorch_with_the_reason(fresh, monkeypatch, tmp_path):
+    broken = tmp_path / "cc"
+    broken.write_text("#!/bin/sh\necho 'cc: fatal error: no input files' >&2\nexit 1\n")
+    broken.chmod(0o755)
+    monkeypatch.setenv("CC", str(broken))
+    assert native.kernels() is None
+    assert "could not build native.c" in native.why_not() and "fatal error" in native.why_not()
+    assert not list((fresh / "native").glob("*.so"))  # no half-written library left for the next run
+    block = nn.Sequential(nn.GroupNorm(8, 32), nn.ReLU()).to(memory_format=torch.channels_last)
+    x = torch.randn(2, 32, 5, 5).contiguous(memory_format=torch.channels_last)
+    with fast_layers(block):
+        assert "forward" in vars(block)
+        fast = block(x)
+    torch.testing.assert_close(fast, block(x))
+
+
+def test_no_compiler_and_switched_off(fresh, monkeypatch):
+    monkeypatch.setenv("LABKIT_NATIVE", "0")
+    assert native.kernels() is None and native.why_not() == "disabled by LABKIT_NATIVE=0"
+    monkeypatch.delenv("LABKIT_NATIVE")
+    monkeypatch.setenv("CC", "")
+    monkeypatch.setenv("PATH", str(fresh))  # nothing to compile with
+    assert native.kernels() is None and "no C compiler" in native.why_not()
+
+
+def test_the_cache_folder_cannot_be_written(fresh, monkeypatch):
+    (fresh / "native").write_text("a file where the folder should be")
+    assert native.kernels() is None and native.why_not()
+
+
+def test_disabled_nests_and_restores(compiled):
+    with native.disabled():
+        with native.disabled():
+            assert native.kernels() is None
+        assert native.kernels() is None and "disabled" in native.why_not()
+    assert native.kernels() is not None and native.why_not() is None
+
+
+def test_call_rejects_what_the_kernels_cannot_read(compiled):
+    x = torch.randn(2, 4, 32)
+    rest = [torch.ones(32), torch.zeros(32), 1e-5, torch.empty(2, 4, 32), torch.empty(2, 8), torch.empty(2, 8)]
+    with pytest.raises(ValueError, match="contiguous float32/int32 CPU tensors"):
+        native.call("norm_relu_forward", 2, 4, 32, 8, x.transpose(0, 1), *rest)
+    with pytest.raises(ValueError, match="float64"):
+        native.call("norm_relu_forward", 2, 4, 32, 8, x.double(), *rest)
