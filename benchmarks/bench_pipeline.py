@@ -30,6 +30,7 @@ sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import course_pipeline as course  # noqa: E402
+from labkit import native as labkit_native  # noqa: E402
 from labkit import training  # noqa: E402
 from labkit.data import load_digits, load_idx_digits  # noqa: E402
 from labkit.dataset import MNISTMetricDataset  # noqa: E402
@@ -194,6 +195,12 @@ def lab_fast(train, test, seed, epochs, device, timer, amp=True):
     return acc
 
 
+def without_compiled(pipeline, *args, **kwargs):
+    """``pipeline`` with fastops on its PyTorch code only: what runs where no C compiler is."""
+    with labkit_native.disabled():
+        return pipeline(*args, **kwargs)
+
+
 def _embed_peak(n, data, device_name, queue):
     """In a fresh process: extra peak RSS (MB) to embed n images of ``data`` in batches."""
     from labkit.data import resolve_source
@@ -354,6 +361,9 @@ def main():
           f"seeds 0..{args.seeds - 1}", flush=True)
     native = bf16_fast(device)
     print(f"bf16 convolutions (fast path's default): {'native here, used' if native else 'not native here, off'}")
+    if device.type == "cpu":
+        why = labkit_native.why_not()
+        print("compiled kernels (labkit.native): " + ("built and used" if why is None else f"not used: {why}"))
     print("load average at start: %.2f %.2f %.2f" % os.getloadavg(), flush=True)
     flops = step_flops()
     if device.type == "cpu":
@@ -362,10 +372,13 @@ def main():
               f"(3 x forward multiply-adds x 2); peak {how}", flush=True)
 
     pipelines = {"course": lambda s, t: lab_course(train, test, s, args.epochs, device, t, args.workers),
+                 "fp32 no C": lambda s, t: without_compiled(lab_fast, train, test, s, args.epochs, device, t, amp=False),
                  "fast fp32": lambda s, t: lab_fast(train, test, s, args.epochs, device, t, amp=False),
                  "fast": lambda s, t: lab_fast(train, test, s, args.epochs, device, t)}
     if not native:  # "fast" would be float32 too
         del pipelines["fast fp32"]
+    if device.type != "cpu" or labkit_native.kernels() is None:  # the compiled kernels are CPU-only
+        del pipelines["fp32 no C"]
     results = {}
     for label, run in pipelines.items():
         runs = []

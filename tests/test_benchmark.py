@@ -20,7 +20,7 @@ def test_benchmark_smoke():
         assert row in out, row
     # both pipelines ran both seeds
     assert out.count("course seed") == 2 and out.count("fast seed") == 2
-    assert "bf16 convolutions" in out
+    assert "bf16 convolutions" in out and "compiled kernels (labkit.native): " in out
 
 
 def test_step_flops_count_the_three_convolutions():
