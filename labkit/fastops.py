@@ -77,7 +77,7 @@ def _sequential_fused(seq, x):
     run as one fused step where they apply."""
     modules, i = list(seq), 0
     while i < len(modules):
-        if i + 1 < len(modules) and _is_block_pool(modules[i], modules[i + 1]) and _first_block_applies(modules[i], x):
+        if i + 1 < len(modules) and _is_block_pool(modules[i], modules[i + 1]) and _first_block_applies(modules[i], x, True):
             (norm, _, conv), pool = modules[i], modules[i + 1]
             x = _FirstBlockPool.apply(x, norm.weight, norm.bias, conv.weight, conv.bias, norm.eps, conv.padding,
                                       _pool_geometry(pool))
@@ -168,13 +168,18 @@ class _GroupNormReLU(torch.autograd.Function):
 
 
 # ---------------------------------------------------------------- the image's block: GroupNorm(1) + ReLU + Conv
-def _first_block_applies(modules, x):
+def _first_block_applies(modules, x, pooled=False):
+    """The image's block on a float32 image: in float32 training; with its pool (``pooled``) and the
+    compiled kernels also in inference and under bf16 autocast (that path is float32 throughout)."""
     norm, relu, conv = modules
-    return (_is_norm_relu(norm, relu) and norm.num_channels == 1 and type(conv) is nn.Conv2d
+    if not (_is_norm_relu(norm, relu) and norm.num_channels == 1 and type(conv) is nn.Conv2d
             and _single_channel_conv_applies(conv) and not conv._forward_hooks
             and not conv._forward_pre_hooks and _norm_relu_applies(x, norm) and not x.requires_grad
-            and torch.is_grad_enabled() and not torch.is_autocast_enabled("cpu")
-            and x.dtype == conv.weight.dtype == torch.float32 and x.shape[1] == 1)
+            and x.dtype == conv.weight.dtype == torch.float32 and x.shape[1] == 1):
+        return False
+    if torch.is_grad_enabled() and not torch.is_autocast_enabled("cpu"):
+        return True
+    return pooled and _native_channels(conv.out_channels)
 
 
 class _FirstBlock(torch.autograd.Function):
@@ -216,11 +221,14 @@ CHUNK = 24  # images per chunk: a (24, 32, 28, 28) float32 map is 2.4 MB, within
 
 
 def _is_block_pool(block, pool):
-    """An un-hooked GroupNorm -> ReLU -> Conv2d ``nn.Sequential`` followed by an un-hooked plain MaxPool2d."""
+    """An un-hooked GroupNorm -> ReLU -> Conv2d ``nn.Sequential`` followed by a plain MaxPool2d with no hooks
+    but mixed_precision's float32 cast of its output (the fused pair's output is float32)."""
+    from labkit.device import _output_to_float32
+
     return (isinstance(block, nn.Sequential) and type(block).forward is nn.Sequential.forward and len(block) == 3
             and not (block._forward_hooks or block._forward_pre_hooks)
             and type(pool) is nn.MaxPool2d and not pool.return_indices
-            and not (pool._forward_hooks or pool._forward_pre_hooks))
+            and all(h is _output_to_float32 for h in pool._forward_hooks.values()) and not pool._forward_pre_hooks)
 
 
 def _pool_geometry(pool):
@@ -380,7 +388,8 @@ def _single_channel_conv_applies(conv):
 
 def _single_channel_conv(conv, x):
     weight, bias = conv.weight, conv.bias
-    if not (x.device.type == "cpu" and x.dim() == 4 and x.shape[1] == 1 and weight.device.type == "cpu"):
+    if not (x.device.type == "cpu" and x.dim() == 4 and x.shape[1] == 1 and weight.device.type == "cpu"
+            and torch.is_grad_enabled()):  # its gain is in the backward pass
         return conv._conv_forward(x, weight, bias)
     dtype = x.dtype
     if torch.is_autocast_enabled("cpu"):

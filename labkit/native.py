@@ -4,8 +4,9 @@
 without OpenMP, a failed build, ``LABKIT_NATIVE=0`` in the environment, or inside ``disabled()``.
 ``fastops`` then runs its PyTorch code, which computes the same thing more slowly, so nothing ever
 depends on a compiler being there. The build (gcc or clang, ``-O3 -march=native -fopenmp``, about
-a second) goes to ``$LABKIT_CACHE/native`` (default ``~/.cache/labkit/native``) under a name made
-from the source, the compiler and the CPU's features, so a changed source or a different CPU builds
+a second; ``$LABKIT_CFLAGS`` adds flags) goes to ``$LABKIT_CACHE/native`` (default
+``~/.cache/labkit/native``) under a name made from the source, the compiler, its flags and the
+CPU's features, so a changed source or a different CPU builds
 afresh, and concurrent first uses (a grader's parallel runs) each write their own file and rename it.
 
 The kernels run on the OpenMP threads of the ``libgomp`` PyTorch already loaded (the library names
@@ -84,11 +85,16 @@ def _cpu_features():
         return platform.processor()
 
 
+def _flags():
+    """FLAGS, then ``$LABKIT_CFLAGS`` (e.g. ``-march=x86-64-v3`` to build for AVX2 CPUs: the last -march wins)."""
+    return FLAGS + os.environ.get("LABKIT_CFLAGS", "").split()
+
+
 def _build():
     """The path of the compiled library, built now unless a build for this source, compiler and CPU exists."""
-    compiler = _compiler()
+    compiler, flags = _compiler(), _flags()
     source = SOURCE.read_bytes()
-    key = hashlib.sha256(b"\0".join([source, compiler.encode(), " ".join(FLAGS).encode(),
+    key = hashlib.sha256(b"\0".join([source, compiler.encode(), " ".join(flags).encode(),
                                      _cpu_features().encode(), platform.machine().encode()])).hexdigest()[:16]
     folder = Path(os.environ.get("LABKIT_CACHE") or Path.home() / ".cache" / "labkit") / "native"
     target = folder / f"labkit_native_{key}.so"
@@ -98,7 +104,7 @@ def _build():
     fd, tmp = tempfile.mkstemp(suffix=".so", dir=folder)
     os.close(fd)
     try:
-        run = subprocess.run([compiler, *FLAGS, str(SOURCE), "-o", tmp, "-lm"], capture_output=True, text=True,
+        run = subprocess.run([compiler, *flags, str(SOURCE), "-o", tmp, "-lm"], capture_output=True, text=True,
                              timeout=300)
         if run.returncode != 0:
             raise RuntimeError(f"{Path(compiler).name} could not build {SOURCE.name}: {run.stderr.strip()[-500:]}")

@@ -136,7 +136,9 @@ def evaluate(model, representations, loader, device=None, *, progress=None):
 
 def _features(model, images, device):
     # full precision: class means and distances decide ties, and must match across batch sizes
-    return model.get_features(images.to(device, non_blocking=True)).float()
+    # (fast_layers runs image by image in inference, so it keeps that)
+    with fast_layers(model):
+        return model.get_features(images.to(device, non_blocking=True)).float()
 
 
 def fit(model, optimizer, train_batches, mean_batches, test_batches, epochs, device=None, *, num_classes=10,

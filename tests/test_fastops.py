@@ -92,6 +92,8 @@ def test_loss_and_gradients_equal_autograd_with_bf16_convolutions(native_bf16, k
         off_plain = (plain[name] - exact[name]).norm() / exact[name].norm()
         off_fast = (fast[name] - exact[name]).norm() / exact[name].norm()
         assert off_fast <= 2 * off_plain + 1e-2, (name, off_fast.item(), off_plain.item())
+    # with the compiled kernels the image's block and its pool run in float32 under autocast too
+    assert ("block_pool_forward" in kernels) == (native.kernels() is not None)
 
 
 def test_training_through_the_fast_path_equals_plain_autograd(monkeypatch, kernels):
@@ -250,3 +252,19 @@ def test_groupnorm_relu_gradients_match_float64_even_far_from_zero(offset, kerne
     for name, a, b in zip(("input", "weight", "bias"), fast, exact):
         assert ((a - b).norm() / b.norm()).item() < 1e-5, name
     assert kernels == (["norm_relu_forward", "norm_relu_backward"] if native.kernels() is not None else [])
+
+
+def test_inference_through_the_fast_path_equals_plain_and_ignores_the_batch_size(kernels):
+    """Class means and evaluation run through fast_layers: the same features, whatever the batch size."""
+    torch.manual_seed(0)
+    model = prepare_model(SimpleMetricEmbedding(1, 32), "cpu").eval()
+    x = images(40)
+    with torch.inference_mode():
+        plain = model.get_features(x)
+        with fast_layers(model):
+            whole = model.get_features(x)
+            pieces = torch.cat([model.get_features(part) for part in x.split(7)])
+    torch.testing.assert_close(whole, plain, rtol=1e-5, atol=1e-5)
+    assert torch.equal(whole, pieces)
+    compiled = native.kernels() is not None
+    assert sorted(set(kernels)) == (["block_pool_forward", "norm_relu_forward"] if compiled else [])

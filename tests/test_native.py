@@ -57,6 +57,17 @@ def test_the_build_is_cached_and_reused(fresh, compiled, monkeypatch):
     assert native.kernels() is not None  # a second process finds the first one's build
 
 
+def test_extra_flags_make_another_build(fresh, compiled, monkeypatch):
+    assert native.kernels() is not None
+    monkeypatch.setattr(native, "_state", {"lib": None, "tried": False, "error": None, "disabled": 0})
+    monkeypatch.setenv("LABKIT_CFLAGS", "-DLABKIT_TEST_FLAG=1")
+    assert native.kernels() is not None
+    assert len(list((fresh / "native").glob("*.so"))) == 2
+    monkeypatch.setattr(native, "_state", {"lib": None, "tried": False, "error": None, "disabled": 0})
+    monkeypatch.setenv("LABKIT_CFLAGS", "-fno-such-flag")
+    assert native.kernels() is None and "no-such-flag" in native.why_not()
+
+
 def test_a_failed_build_falls_back_to_pytorch_with_the_reason(fresh, monkeypatch, tmp_path):
     broken = tmp_path / "cc"
     broken.write_text("#!/bin/sh\necho 'cc: fatal error: no input files' >&2\nexit 1\n")

@@ -79,7 +79,9 @@ def test_training_briefly_beats_pixel_space(sample):
     model = prepare_model(SimpleMetricEmbedding(1, 32), "cpu")
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
     means, tests = image_loader(train_ds), image_loader(test_ds)
-    history = fit(model, optimizer, triplet_loader(train_ds, 64, seed=0), means, tests, 3, progress=False, log=False)
+    # 5 epochs: after 3 the sample's 4,000 digits give 79-87 % depending on the seed and the rounding of
+    # the training path, around pixel space's 82.1 %; after 5, 87-89 % (seeds 0-3)
+    history = fit(model, optimizer, triplet_loader(train_ds, 64, seed=0), means, tests, 5, progress=False, log=False)
     identity = IdentityModel()
     pixel_acc = evaluate(identity, compute_representations(identity, means, 10, 784, progress=False), tests,
                          progress=False)
