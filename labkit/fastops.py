@@ -27,6 +27,7 @@ the image is in the cache: the convolution and its pool in one loop, and in the 
 the pool's maxima visited. The PyTorch code below computes the same and is what runs everywhere else.
 """
 import contextlib
+import functools
 
 import torch
 import torch.nn.functional as F
@@ -77,7 +78,8 @@ def _sequential_fused(seq, x):
     run as one fused step where they apply."""
     modules, i = list(seq), 0
     while i < len(modules):
-        if i + 1 < len(modules) and _is_block_pool(modules[i], modules[i + 1]) and _first_block_applies(modules[i], x, True):
+        if (i + 1 < len(modules) and _is_block_pool(modules[i], modules[i + 1])
+                and _first_block_applies(modules[i], x, modules[i + 1])):
             (norm, _, conv), pool = modules[i], modules[i + 1]
             x = _FirstBlockPool.apply(x, norm.weight, norm.bias, conv.weight, conv.bias, norm.eps, conv.padding,
                                       _pool_geometry(pool))
@@ -168,9 +170,9 @@ class _GroupNormReLU(torch.autograd.Function):
 
 
 # ---------------------------------------------------------------- the image's block: GroupNorm(1) + ReLU + Conv
-def _first_block_applies(modules, x, pooled=False):
-    """The image's block on a float32 image: in float32 training; with its pool (``pooled``) and the
-    compiled kernels also in inference and under bf16 autocast (that path is float32 throughout)."""
+def _first_block_applies(modules, x, pool=None):
+    """The image's block on a float32 image: in float32 training; with its ``pool`` (an nn.MaxPool2d) and
+    the compiled kernels also in inference and under bf16 autocast (that path is float32 throughout)."""
     norm, relu, conv = modules
     if not (_is_norm_relu(norm, relu) and norm.num_channels == 1 and type(conv) is nn.Conv2d
             and _single_channel_conv_applies(conv) and not conv._forward_hooks
@@ -179,7 +181,14 @@ def _first_block_applies(modules, x, pooled=False):
         return False
     if torch.is_grad_enabled() and not torch.is_autocast_enabled("cpu"):
         return True
-    return pooled and _native_channels(conv.out_channels)
+    return pool is not None and _native_block_pool(conv.out_channels, _pool_geometry(pool))
+
+
+def _native_block_pool(channels, pool):
+    """Whether the compiled kernels run the image's block + this pool: whole vectors of channels, and a
+    window of at most 256 elements (each maximum's place in it is kept in one byte)."""
+    (pkh, pkw), *_ = pool
+    return _native_channels(channels) and pkh * pkw <= 256
 
 
 class _FirstBlock(torch.autograd.Function):
@@ -274,16 +283,17 @@ class _FirstBlockPool(torch.autograd.Function):
         maps = _first_block_maps(x, gamma, beta, eps)
         kernel_size = tuple(weight.shape[2:])
         o, k = weight.shape[0], weight[0].numel()
-        ctx.native = _native_channels(o)
+        ctx.native = _native_block_pool(o, pool)
         if ctx.native:  # the same, compiled: convolution and pool per image, in the cache
             geometry = _native_geometry(maps, weight, padding, pool)
             out = maps.new_empty(geometry.n, geometry.hp, geometry.wp, o)
-            index = torch.empty(out.shape, dtype=torch.int32)
+            index = torch.empty(out.shape, dtype=torch.uint8)  # the maximum's place in its window
             taps_first = weight.reshape(o, k).t().contiguous()  # (K, O)
             bias_c = bias.contiguous() if bias is not None else None
             native.call("block_pool_forward", geometry, maps[0], taps_first, bias_c, out, index)
             ctx.save_for_backward(maps, weight, index)
             ctx.geometry = (geometry, bias is not None)
+            ctx.affine = (gamma.item(), beta.item())
             return out.permute(0, 3, 1, 2)  # (B, O, Hp, Wp), channels_last
         flat_w = weight.reshape(o, k).t()
         cols_z = planar_patches(maps[:1], kernel_size, padding)[0]  # (K, B, Ho, Wo): relu(u)'s patches
@@ -329,16 +339,25 @@ def _native_channels(channels):
     return channels % 16 == 0 and native.kernels() is not None
 
 
+@functools.lru_cache(maxsize=64)
+def _pooled_size(h, w, pool):
+    """The max-pool's output (height, width) for an (h, w) map, from ATen on the meta device (which also
+    checks the settings), once per shape."""
+    kernel, stride, padding, dilation, ceil_mode = (tuple(v) if isinstance(v, list) else v for v in pool)
+    return tuple(torch.ops.aten.max_pool2d(torch.empty(1, 1, h, w, device="meta"), kernel, stride, padding,
+                                           dilation, ceil_mode).shape[2:])
+
+
 def _native_geometry(maps, weight, padding, pool):
     """``native.Geometry`` for the (3, B, H, W) maps, the convolution and the pool (whose output shape,
     and the check of its settings, come from ATen on the meta device)."""
     _, b, h, w = maps.shape
     (kh, kw), (ph, pw) = weight.shape[2:], padding
     hc, wc = h + 2 * ph - kh + 1, w + 2 * pw - kw + 1
-    pooled = torch.ops.aten.max_pool2d(torch.empty(1, 1, hc, wc, device="meta"), *pool)
-    (pkh, pkw), (psh, psw), (pph, ppw), (pdh, pdw), _ = pool
+    (pkh, pkw), (psh, psw), (pph, ppw), (pdh, pdw), ceil_mode = pool
+    hp, wp = _pooled_size(hc, wc, ((pkh, pkw), (psh, psw), (pph, ppw), (pdh, pdw), ceil_mode))
     return native.Geometry(b, h, w, weight.shape[0], kh, kw, ph, pw, hc, wc,
-                           pkh, pkw, psh, psw, pph, ppw, pdh, pdw, *pooled.shape[2:])
+                           pkh, pkw, psh, psw, pph, ppw, pdh, pdw, hp, wp)
 
 
 def _first_block_pool_native_backward(ctx, grad_out):
@@ -346,10 +365,13 @@ def _first_block_pool_native_backward(ctx, grad_out):
     geometry, has_bias = ctx.geometry
     o, k = weight.shape[0], weight[0].numel()
     grad = grad_out.permute(0, 2, 3, 1).contiguous()  # (B, Hp, Wp, O): no copy when channels_last
-    products = grad.new_zeros(o, 3 * k)
+    # relu(u) = gamma * ([u > 0] * xhat) + beta * [u > 0], so its products follow from the other two maps'
+    products = grad.new_zeros(o, 2, k)
     grad_b = grad.new_zeros(o)
-    native.call("block_pool_backward", geometry, 3, maps, grad, index, products, grad_b)
-    grad_gamma, grad_beta, grad_w = _first_block_grads(products.t(), weight)
+    native.call("block_pool_backward", geometry, 2, maps[1:], grad, index, products, grad_b)
+    gamma, beta = ctx.affine
+    products = torch.cat([gamma * products[:, :1] + beta * products[:, 1:], products], dim=1)  # (O, 3, K)
+    grad_gamma, grad_beta, grad_w = _first_block_grads(products.reshape(o, 3 * k).t(), weight)
     return None, grad_gamma, grad_beta, grad_w, grad_b if has_bias else None, None, None, None
 
 

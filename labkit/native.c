@@ -28,6 +28,7 @@ typedef struct {
 #define BC 16 /* channels per block: one vector (one AVX-512 register, two AVX2 ones); C must be a multiple */
 typedef float v16 __attribute__((vector_size(BC * 4)));
 typedef int v16i __attribute__((vector_size(BC * 4)));
+typedef unsigned char v16u8 __attribute__((vector_size(BC)));
 INLINE v16 load(const float *p) { v16 v; memcpy(&v, p, sizeof v); return v; }
 INLINE v16i loadi(const int *p) { v16i v; memcpy(&v, p, sizeof v); return v; }
 INLINE void store(float *p, v16 v) { memcpy(p, &v, sizeof v); }
@@ -74,33 +75,50 @@ INLINE void pad_image(const Geometry *g, const float *z, float *zp) {
     for (int h = 0; h < g->h; h++) memcpy(zp + (h + g->ph) * wpad + g->pw, z + h * g->w, sizeof(float) * g->w);
 }
 
-/* Max-pool one image's convolution output, channels c0..c0+BC. */
-INLINE void pool_image(const Geometry *g, const float *conv, float *out, int *idx, int c0) {
+/* Max-pool one image's convolution output, channels c0..c0+BC. idx gets the maximum's place in its
+ * window, i * pkw + j for the window's element (i, j) (one byte: the Python side checks that the
+ * window has at most 256 elements); window_positions turns it back into a pixel. */
+INLINE void pool_image(const Geometry *g, const float *conv, float *out, unsigned char *idx, int c0) {
     const int C = g->c;
     for (int oh = 0; oh < g->hp; oh++)
         for (int ow = 0; ow < g->wp; ow++) {
-            int h0 = oh * g->psh - g->pph, w0 = ow * g->psw - g->ppw;
-            int h1 = h0 + (g->pkh - 1) * g->pdh + 1, w1 = w0 + (g->pkw - 1) * g->pdw + 1;
+            const int hs = oh * g->psh - g->pph, ws = ow * g->psw - g->ppw;
+            int h0 = hs, w0 = ws;
+            int h1 = hs + (g->pkh - 1) * g->pdh + 1, w1 = ws + (g->pkw - 1) * g->pdw + 1;
             if (h1 > g->hc) h1 = g->hc;
             if (w1 > g->wc) w1 = g->wc;
             while (h0 < 0) h0 += g->pdh;
             while (w0 < 0) w0 += g->pdw;
             v16 best = (v16){0} - INFINITY;
-            v16i at = (v16i){0} + (h0 * g->wc + w0);
+            v16i at = (v16i){0} + ((h0 - hs) / g->pdh * g->pkw + (w0 - ws) / g->pdw);
             for (int hh = h0; hh < h1; hh += g->pdh)
                 for (int ww = w0; ww < w1; ww += g->pdw) {
                     v16 v = load(conv + (hh * g->wc + ww) * C + c0);
                     v16i take = (v > best) | (v != v);  /* -1 where v is larger or NaN */
                     best = (v16)((take & (v16i)v) | (~take & (v16i)best));
-                    at = (take & (hh * g->wc + ww)) | (~take & at);
+                    at = (take & ((hh - hs) / g->pdh * g->pkw + (ww - ws) / g->pdw)) | (~take & at);
                 }
             long o = (long)(oh * g->wp + ow) * C + c0;
             store(out + o, best);
-            storei(idx + o, at);
+            v16u8 bytes = __builtin_convertvector(at, v16u8);
+            memcpy(idx + o, &bytes, sizeof bytes);
         }
 }
 
-void block_pool_forward(const Geometry *g, const float *z, const float *wt, const float *bias, float *out, int *idx,
+/* positions (Hp * Wp, pkh * pkw): the convolution pixel of each pooled value's window elements. */
+static void window_positions(const Geometry *g, int *positions) {
+    const int kk = g->pkh * g->pkw;
+    for (int oh = 0; oh < g->hp; oh++)
+        for (int ow = 0; ow < g->wp; ow++)
+            for (int i = 0; i < g->pkh; i++)
+                for (int j = 0; j < g->pkw; j++) {
+                    int hh = oh * g->psh - g->pph + i * g->pdh, ww = ow * g->psw - g->ppw + j * g->pdw;
+                    positions[(oh * g->wp + ow) * kk + i * g->pkw + j] = hh * g->wc + ww;
+                }
+}
+
+void block_pool_forward(const Geometry *g, const float *z, const float *wt, const float *bias, float *out,
+                        unsigned char *idx,
                         int threads) {
 #pragma omp parallel num_threads(threads)
     {
@@ -138,23 +156,26 @@ INLINE void pad_maps(const Geometry *g, int m, const float *maps, int n, float *
  * list), then for each map, kernel row and channel block, over the listed pixels,
  * accT (MK, C) += patch value * gsum row: a broadcast times a vector, the kw sums in registers. */
 INLINE void accumulate_image(const Geometry *g, int m, const float *restrict padded, const float *restrict grad,
-                             const int *restrict idx, float *restrict gsum, unsigned char *restrict used,
+                             const unsigned char *restrict idx, const int *restrict positions,
+                             float *restrict gsum, unsigned char *restrict used,
                              int *restrict list, float *restrict acc_t, float *restrict acc_b, const int KH,
                              const int KW) {
-    const int C = g->c, npool = g->hp * g->wp, npix = g->hc * g->wc, k = KH * KW;
+    const int C = g->c, npool = g->hp * g->wp, npix = g->hc * g->wc, k = KH * KW, kk = g->pkh * g->pkw;
     const int hpad = g->h + 2 * g->ph, wpad = g->w + 2 * g->pw;
     int count = 0;
     memset(used, 0, npix);
-    for (int e = 0; e < npool * C; e++) used[idx[e]] = 1;
+    for (int o = 0; o < npool; o++)
+        for (int c = 0; c < C; c++) used[positions[o * kk + idx[o * C + c]]] = 1;
     for (int p = 0; p < npix; p++)
         if (used[p]) {
             list[count++] = p;
             memset(gsum + (long)p * C, 0, sizeof(float) * C);
         }
     for (int o = 0; o < npool; o++) {
-        const int *ix = idx + o * C;
+        const unsigned char *ix = idx + o * C;
+        const int *pos = positions + o * kk;
         const float *gr = grad + o * C;
-        for (int c = 0; c < C; c++) gsum[(long)ix[c] * C + c] += gr[c];
+        for (int c = 0; c < C; c++) gsum[(long)pos[ix[c]] * C + c] += gr[c];
     }
     for (int c0 = 0; c0 < C; c0 += BC) {
         v16 sum = (v16){0};
@@ -180,10 +201,12 @@ INLINE void accumulate_image(const Geometry *g, int m, const float *restrict pad
         }
 }
 
-void block_pool_backward(const Geometry *g, int m, const float *maps, const float *grad, const int *idx, float *prod,
-                         float *grad_bias, int threads) {
+void block_pool_backward(const Geometry *g, int m, const float *maps, const float *grad, const unsigned char *idx,
+                         float *prod, float *grad_bias, int threads) {
     const int C = g->c, mk = m * g->kh * g->kw, npix = g->hc * g->wc;
     const int hpad = g->h + 2 * g->ph, wpad = g->w + 2 * g->pw;
+    int *positions = malloc(sizeof(int) * g->hp * g->wp * g->pkh * g->pkw);
+    window_positions(g, positions);
 #pragma omp parallel num_threads(threads)
     {
         float *padded = calloc((size_t)m * hpad * wpad, sizeof(float));  /* the borders stay zero */
@@ -197,9 +220,11 @@ void block_pool_backward(const Geometry *g, int m, const float *maps, const floa
             long base = (long)n * g->hp * g->wp * C;
             pad_maps(g, m, maps, n, padded);
             if (g->kh == 3 && g->kw == 3)
-                accumulate_image(g, m, padded, grad + base, idx + base, gsum, used, list, acc_t, acc_b, 3, 3);
+                accumulate_image(g, m, padded, grad + base, idx + base, positions, gsum, used, list, acc_t, acc_b,
+                                 3, 3);
             else
-                accumulate_image(g, m, padded, grad + base, idx + base, gsum, used, list, acc_t, acc_b, g->kh, g->kw);
+                accumulate_image(g, m, padded, grad + base, idx + base, positions, gsum, used, list, acc_t, acc_b,
+                                 g->kh, g->kw);
         }
 #pragma omp critical
         {
@@ -215,6 +240,7 @@ void block_pool_backward(const Geometry *g, int m, const float *maps, const floa
         free(acc_t);
         free(acc_b);
     }
+    free(positions);
 }
 
 /* ------------------------------------------------------------------ GroupNorm + ReLU

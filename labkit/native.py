@@ -133,13 +133,13 @@ def _load(path):
 
 def call(name, *args):
     """Run kernel ``name`` on ``args`` and ``torch.get_num_threads()`` threads. Tensors go in as the
-    addresses of their data (they must be contiguous float32 or int32 CPU tensors) and stay referenced
+    addresses of their data (they must be contiguous float32 or uint8 CPU tensors) and stay referenced
     here until the kernel returns; None goes in as a null pointer (a missing bias)."""
     converted = []
     for arg in args:
         if isinstance(arg, torch.Tensor):
-            if arg.device.type != "cpu" or not arg.is_contiguous() or arg.dtype not in (torch.float32, torch.int32):
-                raise ValueError(f"{name}: native kernels take contiguous float32/int32 CPU tensors, "
+            if arg.device.type != "cpu" or not arg.is_contiguous() or arg.dtype not in (torch.float32, torch.uint8):
+                raise ValueError(f"{name}: native kernels take contiguous float32/uint8 CPU tensors, "
                                  f"got {arg.dtype} on {arg.device} (contiguous: {arg.is_contiguous()})")
             arg = arg.data_ptr()
         converted.append(arg)

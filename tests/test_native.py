@@ -42,10 +42,16 @@ def test_block_pool_kernel_picks_the_maxima_aten_picks(pool, compiled):
     maps = z.unsqueeze(0).expand(3, -1, -1, -1).contiguous()
     geometry = fastops._native_geometry(maps, weight, (1, 1), fastops._pool_geometry(pool))
     out = torch.empty(5, geometry.hp, geometry.wp, 32)
-    index = torch.empty(out.shape, dtype=torch.int32)
+    index = torch.empty(out.shape, dtype=torch.uint8)
     native.call("block_pool_forward", geometry, maps[0], weight.reshape(32, 9).t().contiguous(), bias, out, index)
     assert (out.permute(0, 3, 1, 2) == ref).all()
-    assert (index.permute(0, 3, 1, 2) == ref_index).all()
+    # the kernel keeps the maximum's place (i, j) in its window as i * kw + j; ATen the pixel
+    (kh, kw), (sh, sw), (ph, pw), (dh, dw), _ = fastops._pool_geometry(pool)
+    oh = torch.arange(geometry.hp).view(-1, 1, 1)
+    ow = torch.arange(geometry.wp).view(1, -1, 1)
+    i, j = index.long().div(kw, rounding_mode="floor"), index.long() % kw
+    pixel = (oh * sh - ph + i * dh) * geometry.wc + (ow * sw - pw + j * dw)
+    assert (pixel.permute(0, 3, 1, 2) == ref_index).all()
 
 
 def test_the_build_is_cached_and_reused(fresh, compiled, monkeypatch):
@@ -109,7 +115,7 @@ def test_disabled_nests_and_restores(compiled):
 def test_call_rejects_what_the_kernels_cannot_read(compiled):
     x = torch.randn(2, 4, 32)
     rest = [torch.ones(32), torch.zeros(32), 1e-5, torch.empty(2, 4, 32), torch.empty(2, 8), torch.empty(2, 8)]
-    with pytest.raises(ValueError, match="contiguous float32/int32 CPU tensors"):
+    with pytest.raises(ValueError, match="contiguous float32/uint8 CPU tensors"):
         native.call("norm_relu_forward", 2, 4, 32, 8, x.transpose(0, 1), *rest)
     with pytest.raises(ValueError, match="float64"):
         native.call("norm_relu_forward", 2, 4, 32, 8, x.double(), *rest)
