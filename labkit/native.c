@@ -25,43 +25,48 @@ typedef struct {
     int hp, wp;                                  /* pool output */
 } Geometry;
 
-#define BC 16 /* channels per block: one vector (one AVX-512 register, two AVX2 ones); C must be a multiple */
-typedef float v16 __attribute__((vector_size(BC * 4)));
-typedef int v16i __attribute__((vector_size(BC * 4)));
-typedef unsigned char v16u8 __attribute__((vector_size(BC)));
-INLINE v16 load(const float *p) { v16 v; memcpy(&v, p, sizeof v); return v; }
-INLINE v16i loadi(const int *p) { v16i v; memcpy(&v, p, sizeof v); return v; }
-INLINE void store(float *p, v16 v) { memcpy(p, &v, sizeof v); }
-INLINE void storei(int *p, v16i v) { memcpy(p, &v, sizeof v); }
+/* Channels per block: one vector register (AVX-512: 16 floats, AVX: 8, else 4), so the compiler never
+ * has to split a vector wider than the CPU's. C must be a multiple (the Python side asks for 16). */
+#if defined(__AVX512F__)
+#define BC 16
+#define STRIP 4
+#elif defined(__AVX__)
+#define BC 8
+#define STRIP 8
+#else
+#define BC 4
+#define STRIP 8
+#endif
+typedef float vf __attribute__((vector_size(BC * 4)));
+typedef int vi __attribute__((vector_size(BC * 4)));
+typedef unsigned char vu8 __attribute__((vector_size(BC)));
+INLINE vf load(const float *p) { vf v; memcpy(&v, p, sizeof v); return v; }
+INLINE vi loadi(const int *p) { vi v; memcpy(&v, p, sizeof v); return v; }
+INLINE void store(float *p, vf v) { memcpy(p, &v, sizeof v); }
+INLINE void storei(int *p, vi v) { memcpy(p, &v, sizeof v); }
 
 /* The convolution of one image, channels c0..c0+BC, into conv (Hc, Wc, C), from the image zero-padded
- * into zp (Hc + kh - 1, Wc + kw - 1). Four output pixels at a time: four independent sums keep the
- * FMA units busy where one would wait on each previous result. */
+ * into zp (Hc + kh - 1, Wc + kw - 1). STRIP output pixels at a time: that many independent sums keep
+ * the FMA units busy where one would wait on each previous result. */
 INLINE void conv_image(const Geometry *g, const float *zp, const float *wt, const float *bias, float *conv, int c0) {
     const int C = g->c, wpad = g->wc + g->kw - 1;
-    const v16 start = bias ? load(bias + c0) : (v16){0};
+    const vf start = bias ? load(bias + c0) : (vf){0};
     for (int hc = 0; hc < g->hc; hc++) {
         int wc = 0;
-        for (; wc + 4 <= g->wc; wc += 4) {
-            v16 a0 = start, a1 = start, a2 = start, a3 = start;
+        for (; wc + STRIP <= g->wc; wc += STRIP) {
+            vf a[STRIP];
+            for (int r = 0; r < STRIP; r++) a[r] = start;
             for (int i = 0; i < g->kh; i++) {
                 const float *row = zp + (hc + i) * wpad + wc;
                 for (int j = 0; j < g->kw; j++) {
-                    v16 w = load(wt + (i * g->kw + j) * C + c0);
-                    a0 += row[j] * w;
-                    a1 += row[j + 1] * w;
-                    a2 += row[j + 2] * w;
-                    a3 += row[j + 3] * w;
+                    vf w = load(wt + (i * g->kw + j) * C + c0);
+                    for (int r = 0; r < STRIP; r++) a[r] += row[j + r] * w;
                 }
             }
-            float *o = conv + (hc * g->wc + wc) * C + c0;
-            store(o, a0);
-            store(o + C, a1);
-            store(o + 2 * C, a2);
-            store(o + 3 * C, a3);
+            for (int r = 0; r < STRIP; r++) store(conv + (hc * g->wc + wc + r) * C + c0, a[r]);
         }
         for (; wc < g->wc; wc++) {
-            v16 a0 = start;
+            vf a0 = start;
             for (int i = 0; i < g->kh; i++)
                 for (int j = 0; j < g->kw; j++) a0 += zp[(hc + i) * wpad + wc + j] * load(wt + (i * g->kw + j) * C + c0);
             store(conv + (hc * g->wc + wc) * C + c0, a0);
@@ -89,18 +94,19 @@ INLINE void pool_image(const Geometry *g, const float *conv, float *out, unsigne
             if (w1 > g->wc) w1 = g->wc;
             while (h0 < 0) h0 += g->pdh;
             while (w0 < 0) w0 += g->pdw;
-            v16 best = (v16){0} - INFINITY;
-            v16i at = (v16i){0} + ((h0 - hs) / g->pdh * g->pkw + (w0 - ws) / g->pdw);
-            for (int hh = h0; hh < h1; hh += g->pdh)
-                for (int ww = w0; ww < w1; ww += g->pdw) {
-                    v16 v = load(conv + (hh * g->wc + ww) * C + c0);
-                    v16i take = (v > best) | (v != v);  /* -1 where v is larger or NaN */
-                    best = (v16)((take & (v16i)v) | (~take & (v16i)best));
-                    at = (take & ((hh - hs) / g->pdh * g->pkw + (ww - ws) / g->pdw)) | (~take & at);
+            const int i0 = (h0 - hs) / g->pdh, j0 = (w0 - ws) / g->pdw;  /* the first element inside */
+            vf best = (vf){0} - INFINITY;
+            vi at = (vi){0} + (i0 * g->pkw + j0);
+            for (int hh = h0, i = i0; hh < h1; hh += g->pdh, i++)
+                for (int ww = w0, e = i * g->pkw + j0; ww < w1; ww += g->pdw, e++) {
+                    vf v = load(conv + (hh * g->wc + ww) * C + c0);
+                    vi take = (v > best) | (v != v);  /* -1 where v is larger or NaN */
+                    best = (vf)((take & (vi)v) | (~take & (vi)best));
+                    at = (take & e) | (~take & at);
                 }
             long o = (long)(oh * g->wp + ow) * C + c0;
             store(out + o, best);
-            v16u8 bytes = __builtin_convertvector(at, v16u8);
+            vu8 bytes = __builtin_convertvector(at, vu8);
             memcpy(idx + o, &bytes, sizeof bytes);
         }
 }
@@ -178,19 +184,19 @@ INLINE void accumulate_image(const Geometry *g, int m, const float *restrict pad
         for (int c = 0; c < C; c++) gsum[(long)pos[ix[c]] * C + c] += gr[c];
     }
     for (int c0 = 0; c0 < C; c0 += BC) {
-        v16 sum = (v16){0};
+        vf sum = (vf){0};
         for (int o = 0; o < npool; o++) sum += load(grad + o * C + c0);
         store(acc_b + c0, load(acc_b + c0) + sum);
     }
     for (int q = 0; q < m; q++)
         for (int c0 = 0; c0 < C; c0 += BC) {
-            v16 a[KH * KW];
-            for (int t = 0; t < KH * KW; t++) a[t] = (v16){0};
+            vf a[KH * KW];
+            for (int t = 0; t < KH * KW; t++) a[t] = (vf){0};
             const float *map = padded + q * hpad * wpad;
             for (int e = 0; e < count; e++) {
                 int p = list[e];
                 const float *src = map + (p / g->wc) * wpad + p % g->wc;
-                v16 gv = load(gsum + (long)p * C + c0);
+                vf gv = load(gsum + (long)p * C + c0);
                 for (int i = 0; i < KH; i++)
                     for (int j = 0; j < KW; j++) a[i * KW + j] += src[i * wpad + j] * gv;
             }
