@@ -1,4 +1,5 @@
 """labkit.native: the compiled kernels build once, are found again, and are never required."""
+import platform
 import subprocess
 
 import pytest
@@ -28,9 +29,15 @@ def fresh(monkeypatch, tmp_path):
     return tmp_path
 
 
-@pytest.mark.parametrize("pool", [nn.MaxPool2d(3, 2), nn.MaxPool2d(2, padding=1, ceil_mode=True),
-                                  nn.MaxPool2d(3, 1, dilation=2)])
+POOLS = [nn.MaxPool2d(3, 2), nn.MaxPool2d(2, padding=1, ceil_mode=True), nn.MaxPool2d(3, 1, dilation=2)]
+
+
+@pytest.mark.parametrize("pool", POOLS)
 def test_block_pool_kernel_picks_the_maxima_aten_picks(pool, compiled):
+    assert_block_pool_picks_the_maxima_aten_picks(pool)
+
+
+def assert_block_pool_picks_the_maxima_aten_picks(pool):
     """Small integers make the convolution exact, so its output has ties everywhere: the kernel must
     pick the same maximum (the first in scan order) as ATen, whose indices autograd follows."""
     g = torch.Generator().manual_seed(0)
@@ -52,6 +59,38 @@ def test_block_pool_kernel_picks_the_maxima_aten_picks(pool, compiled):
     i, j = index.long().div(kw, rounding_mode="floor"), index.long() % kw
     pixel = (oh * sh - ph + i * dh) * geometry.wc + (ow * sw - pw + j * dw)
     assert (pixel.permute(0, 3, 1, 2) == ref_index).all()
+
+
+@pytest.mark.parametrize("flags", ["-march=x86-64-v3", "-march=x86-64"])
+def test_builds_for_narrower_vectors_compute_the_same(flags, fresh, monkeypatch):
+    """Without AVX-512 the kernels use 8 (AVX2) or 4 (SSE) floats per vector: the same results."""
+    if platform.machine() not in ("x86_64", "AMD64"):
+        pytest.skip(f"{flags} is for x86-64 CPUs, this is {platform.machine()}")
+    monkeypatch.setenv("LABKIT_CFLAGS", flags)
+    if native.kernels() is None:
+        pytest.skip(f"no build with {flags}: {native.why_not()}")
+    for pool in POOLS:
+        assert_block_pool_picks_the_maxima_aten_picks(pool)
+    torch.manual_seed(0)
+    block = nn.Sequential(nn.GroupNorm(8, 32), nn.ReLU())
+    with torch.no_grad():
+        block[0].weight.normal_(), block[0].bias.normal_()
+    x = torch.randn(3, 32, 7, 7).contiguous(memory_format=torch.channels_last)
+    grad = torch.randn(3, 32, 7, 7)
+
+    def run(fast):
+        xg = x.clone().requires_grad_()
+        block.zero_grad()
+        with fast_layers(block, fast):
+            out = block(xg)
+        out.backward(grad)
+        return [out, xg.grad, block[0].weight.grad, block[0].bias.grad]
+
+    called, call = [], native.call
+    monkeypatch.setattr(native, "call", lambda name, *args: called.append(name) or call(name, *args))
+    for a, b in zip(run(True), run(False)):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+    assert called == ["norm_relu_forward", "norm_relu_backward"]
 
 
 def test_the_build_is_cached_and_reused(fresh, compiled, monkeypatch):
