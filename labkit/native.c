@@ -16,8 +16,8 @@
  * z: (N, H, W) = relu(group_norm(image)), one channel. wt: (K, C), the convolution weight with the
  * taps first (K = kh * kw). The convolution has stride 1 and zero padding (ph, pw): its output is
  * (N, Hc, Wc, C), never stored whole; each image's is pooled at once into out (N, Hp, Wp, C), and
- * idx gets, per pooled value, the flat position hc * Wc + wc of the maximum in the convolution's
- * output: the first in scan order, NaN winning, as ATen's max-pool picks it. */
+ * idx (N, Hp, Wp, C) gets, per pooled value, the place of its maximum in the pool's window: the
+ * first in scan order, NaN winning, as ATen's max-pool picks it. */
 typedef struct {
     int n, h, w, c, kh, kw, ph, pw;             /* input and convolution */
     int hc, wc;                                  /* convolution output */
@@ -41,9 +41,7 @@ typedef float vf __attribute__((vector_size(BC * 4)));
 typedef int vi __attribute__((vector_size(BC * 4)));
 typedef unsigned char vu8 __attribute__((vector_size(BC)));
 INLINE vf load(const float *p) { vf v; memcpy(&v, p, sizeof v); return v; }
-INLINE vi loadi(const int *p) { vi v; memcpy(&v, p, sizeof v); return v; }
 INLINE void store(float *p, vf v) { memcpy(p, &v, sizeof v); }
-INLINE void storei(int *p, vi v) { memcpy(p, &v, sizeof v); }
 
 /* The convolution of one image, channels c0..c0+BC, into conv (Hc, Wc, C), from the image zero-padded
  * into zp (Hc + kh - 1, Wc + kw - 1). STRIP output pixels at a time: that many independent sums keep
@@ -142,12 +140,7 @@ void block_pool_forward(const Geometry *g, const float *z, const float *wt, cons
     }
 }
 
-/* maps: (M, N, H, W), the M one-channel maps whose patches the weight-like gradients multiply
- * (relu(u), [u > 0] * xhat and [u > 0] for the image's block). grad: (N, Hp, Wp, C), the pooled
- * output's gradient; idx from block_pool_forward. Adds to prod (C, MK) the products
- * sum over pooled values of grad * (the M * K patch values at its maximum), MK = M * K, and to
- * grad_bias (C) the sum of grad. Only the maxima get gradient, so only they are visited, through a
- * table of each pixel's MK patch values (zero-padded to MKP, a whole number of vectors). */
+/* One image's M maps into the middle of padded, whose borders stay zero. */
 INLINE void pad_maps(const Geometry *g, int m, const float *maps, int n, float *padded) {
     const int hpad = g->h + 2 * g->ph, wpad = g->w + 2 * g->pw;
     for (int q = 0; q < m; q++) {
@@ -159,8 +152,8 @@ INLINE void pad_maps(const Geometry *g, int m, const float *maps, int n, float *
 
 /* One image's share of the products. The pooled gradient is first summed onto the convolution pixels
  * where the maxima lie (gsum (Hc * Wc, C); about 40 % of the pixels for MNIST, listed in order in
- * list), then for each map, kernel row and channel block, over the listed pixels,
- * accT (MK, C) += patch value * gsum row: a broadcast times a vector, the kw sums in registers. */
+ * list), then for each map and channel block, over the listed pixels,
+ * acc_t (M * K, C) += patch value * gsum row: a broadcast times a vector, the K sums in registers. */
 INLINE void accumulate_image(const Geometry *g, int m, const float *restrict padded, const float *restrict grad,
                              const unsigned char *restrict idx, const int *restrict positions,
                              float *restrict gsum, unsigned char *restrict used,
@@ -207,6 +200,11 @@ INLINE void accumulate_image(const Geometry *g, int m, const float *restrict pad
         }
 }
 
+/* The backward pass of the image's block + pool. maps: (M, N, H, W), the one-channel maps whose
+ * patches the weight-like gradients multiply (labkit.fastops passes [u > 0] * xhat and [u > 0]).
+ * grad: (N, Hp, Wp, C), the pooled output's gradient; idx from block_pool_forward. Adds to prod
+ * (C, M * K) the sums over pooled values of grad * (the M * K patch values at its maximum), and to
+ * grad_bias (C) the sum of grad. Only the maxima get gradient, so only they are visited. */
 void block_pool_backward(const Geometry *g, int m, const float *maps, const float *grad, const unsigned char *idx,
                          float *prod, float *grad_bias, int threads) {
     const int C = g->c, mk = m * g->kh * g->kw, npix = g->hc * g->wc;
