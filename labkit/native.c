@@ -7,6 +7,7 @@
  * tensors or raises.
  */
 #include <math.h>
+#include <omp.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -211,14 +212,18 @@ void block_pool_backward(const Geometry *g, int m, const float *maps, const floa
     const int hpad = g->h + 2 * g->ph, wpad = g->w + 2 * g->pw;
     int *positions = malloc(sizeof(int) * g->hp * g->wp * g->pkh * g->pkw);
     window_positions(g, positions);
+    /* each thread sums into its own slot, and the slots are added in thread order afterwards: with the
+     * static schedule the result is the same from run to run (a critical section would add them in
+     * whatever order the threads finish) */
+    const long slot = (long)mk * C + C;
+    float *partial = calloc((size_t)threads * slot, sizeof(float));
 #pragma omp parallel num_threads(threads)
     {
         float *padded = calloc((size_t)m * hpad * wpad, sizeof(float));  /* the borders stay zero */
         float *gsum = malloc(sizeof(float) * npix * C);
         unsigned char *used = malloc(npix);
         int *list = malloc(sizeof(int) * npix);
-        float *acc_t = calloc((size_t)mk * C, sizeof(float));
-        float *acc_b = calloc(C, sizeof(float));
+        float *acc_t = partial + omp_get_thread_num() * slot, *acc_b = acc_t + (long)mk * C;
 #pragma omp for schedule(static)
         for (int n = 0; n < g->n; n++) {
             long base = (long)n * g->hp * g->wp * C;
@@ -230,20 +235,19 @@ void block_pool_backward(const Geometry *g, int m, const float *maps, const floa
                 accumulate_image(g, m, padded, grad + base, idx + base, positions, gsum, used, list, acc_t, acc_b,
                                  g->kh, g->kw);
         }
-#pragma omp critical
-        {
-            for (int c = 0; c < C; c++) {
-                for (int t = 0; t < mk; t++) prod[c * mk + t] += acc_t[t * C + c];
-                grad_bias[c] += acc_b[c];
-            }
-        }
         free(padded);
         free(gsum);
         free(used);
         free(list);
-        free(acc_t);
-        free(acc_b);
     }
+    for (int th = 0; th < threads; th++) {
+        const float *acc_t = partial + th * slot, *acc_b = acc_t + (long)mk * C;
+        for (int c = 0; c < C; c++) {
+            for (int t = 0; t < mk; t++) prod[c * mk + t] += acc_t[t * C + c];
+            grad_bias[c] += acc_b[c];
+        }
+    }
+    free(partial);
     free(positions);
 }
 

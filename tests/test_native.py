@@ -158,3 +158,24 @@ def test_call_rejects_what_the_kernels_cannot_read(compiled):
         native.call("norm_relu_forward", 2, 4, 32, 8, x.transpose(0, 1), *rest)
     with pytest.raises(ValueError, match="float64"):
         native.call("norm_relu_forward", 2, 4, 32, 8, x.double(), *rest)
+
+
+def test_same_inputs_same_gradients_on_more_threads_than_cores(compiled):
+    """The backward kernel adds the threads' partial sums in thread order, not as they finish."""
+    torch.manual_seed(0)
+    block = nn.Sequential(nn.GroupNorm(1, 1), nn.ReLU(), nn.Conv2d(1, 32, 3, padding=1))
+    net = nn.Sequential(block, nn.MaxPool2d(3, 2))
+    x = torch.rand(64, 1, 28, 28)
+    grad = torch.randn(64, 32, 13, 13)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(4)
+    try:
+        runs = []
+        for _ in range(8):
+            net.zero_grad()
+            with fast_layers(net):
+                net(x).backward(grad)
+            runs.append([p.grad.clone() for p in net.parameters()])
+    finally:
+        torch.set_num_threads(threads)
+    assert all(torch.equal(a, b) for run in runs[1:] for a, b in zip(run, runs[0]))
