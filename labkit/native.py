@@ -143,4 +143,7 @@ def call(name, *args):
                                  f"got {arg.dtype} on {arg.device} (contiguous: {arg.is_contiguous()})")
             arg = arg.data_ptr()
         converted.append(arg)
-    getattr(kernels(), name)(*converted, torch.get_num_threads())
+    lib = _state["lib"] or kernels()  # loaded: a backward pass finishes on the kernels its forward used
+    if lib is None:
+        raise RuntimeError(f"{name}: the compiled kernels are not available ({why_not()})")
+    getattr(lib, name)(*converted, torch.get_num_threads())

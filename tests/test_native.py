@@ -179,3 +179,15 @@ def test_same_inputs_same_gradients_on_more_threads_than_cores(compiled):
     finally:
         torch.set_num_threads(threads)
     assert all(torch.equal(a, b) for run in runs[1:] for a, b in zip(run, runs[0]))
+
+
+def test_a_backward_pass_finishes_on_the_kernels_its_forward_used(compiled):
+    block = nn.Sequential(nn.GroupNorm(8, 32), nn.ReLU())
+    x = torch.randn(2, 32, 5, 5).contiguous(memory_format=torch.channels_last).requires_grad_()
+    with fast_layers(block):
+        out = block(x)
+    with native.disabled():  # switched off between the two passes
+        out.sum().backward()
+    reference = x.detach().clone().requires_grad_()
+    block(reference).sum().backward()
+    torch.testing.assert_close(x.grad, reference.grad)
