@@ -63,3 +63,26 @@ class FullDisk:
 
     def __exit__(self, *exc):
         self.f.close()
+
+
+def require_kernels():
+    """Skip where no C compiler is found; fail where one is but labkit.native's kernels did not build."""
+    import pytest
+
+    from labkit import native
+
+    if native.kernels() is None:
+        try:
+            native._compiler()
+        except RuntimeError as err:
+            pytest.skip(f"no compiled kernels here: {err}")
+        pytest.fail(f"a C compiler is here but the kernels did not build: {native.why_not()}")
+
+
+def spy_on_kernels(monkeypatch):
+    """The list that gets the name of each compiled kernel called from now on (labkit.native.call)."""
+    from labkit import native
+
+    called, call = [], native.call
+    monkeypatch.setattr(native, "call", lambda name, *args: called.append(name) or call(name, *args))
+    return called

@@ -9,27 +9,21 @@ from labkit import native, training
 from labkit.device import mixed_precision, prepare_model
 from labkit.fastops import fast_layers
 from labkit.model import SimpleMetricEmbedding
+from tests.helpers import require_kernels, spy_on_kernels
 
 
 @pytest.fixture(params=["native", "torch"])
 def kernels(request, monkeypatch):
     """A test that takes this runs twice: on the compiled kernels (``labkit.native``) and on fastops'
     PyTorch code. It gets the list of the compiled kernels called, to check the path it meant to test."""
-    called = []
     if request.param == "torch":
         with native.disabled():
+            called = spy_on_kernels(monkeypatch)
             yield called
         assert called == []
         return
-    if native.kernels() is None:
-        try:
-            native._compiler()
-        except RuntimeError as err:
-            pytest.skip(f"no compiled kernels here: {err}")
-        pytest.fail(f"a C compiler is here but the kernels did not build: {native.why_not()}")
-    call = native.call
-    monkeypatch.setattr(native, "call", lambda name, *args: called.append(name) or call(name, *args))
-    yield called
+    require_kernels()
+    yield spy_on_kernels(monkeypatch)
 
 
 def loss_and_grads(model, images, fast, amp=False):

@@ -9,16 +9,12 @@ from torch import nn
 
 from labkit import fastops, native
 from labkit.fastops import fast_layers
+from tests.helpers import require_kernels, spy_on_kernels
 
 
 @pytest.fixture
 def compiled():
-    if native.kernels() is None:
-        try:
-            native._compiler()
-        except RuntimeError as err:
-            pytest.skip(f"no compiled kernels here: {err}")
-        pytest.fail(f"a C compiler is here but the kernels did not build: {native.why_not()}")
+    require_kernels()
 
 
 @pytest.fixture
@@ -86,8 +82,7 @@ def test_builds_for_narrower_vectors_compute_the_same(flags, fresh, monkeypatch)
         out.backward(grad)
         return [out, xg.grad, block[0].weight.grad, block[0].bias.grad]
 
-    called, call = [], native.call
-    monkeypatch.setattr(native, "call", lambda name, *args: called.append(name) or call(name, *args))
+    called = spy_on_kernels(monkeypatch)
     for a, b in zip(run(True), run(False)):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
     assert called == ["norm_relu_forward", "norm_relu_backward"]
