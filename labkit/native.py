@@ -74,7 +74,9 @@ def _compiler():
     for name in (os.environ.get("CC"), "gcc", "cc", "clang"):
         if name and shutil.which(name):
             return shutil.which(name)
-    raise RuntimeError("no C compiler (gcc, cc or clang) on PATH")
+    raise RuntimeError("no C compiler (gcc, cc or clang) on PATH, so fastops runs its PyTorch code; for the "
+                       "compiled kernels install gcc (Debian/Ubuntu: apt install gcc; macOS: brew install gcc, "
+                       "then CC=gcc-14 or the version installed)")
 
 
 def _cpu_features():
