@@ -343,9 +343,7 @@ def _native_channels(channels):
 def _pooled_size(h, w, pool):
     """The max-pool's output (height, width) for an (h, w) map, from ATen on the meta device (which also
     checks the settings), once per shape."""
-    kernel, stride, padding, dilation, ceil_mode = (tuple(v) if isinstance(v, list) else v for v in pool)
-    return tuple(torch.ops.aten.max_pool2d(torch.empty(1, 1, h, w, device="meta"), kernel, stride, padding,
-                                           dilation, ceil_mode).shape[2:])
+    return tuple(torch.ops.aten.max_pool2d(torch.empty(1, 1, h, w, device="meta"), *pool).shape[2:])
 
 
 def _native_geometry(maps, weight, padding, pool):
@@ -355,7 +353,7 @@ def _native_geometry(maps, weight, padding, pool):
     (kh, kw), (ph, pw) = weight.shape[2:], padding
     hc, wc = h + 2 * ph - kh + 1, w + 2 * pw - kw + 1
     (pkh, pkw), (psh, psw), (pph, ppw), (pdh, pdw), ceil_mode = pool
-    hp, wp = _pooled_size(hc, wc, ((pkh, pkw), (psh, psw), (pph, ppw), (pdh, pdw), ceil_mode))
+    hp, wp = _pooled_size(hc, wc, tuple(tuple(v) if isinstance(v, list) else v for v in pool))  # hashable
     return native.Geometry(b, h, w, weight.shape[0], kh, kw, ph, pw, hc, wc,
                            pkh, pkw, psh, psw, pph, ppw, pdh, pdw, hp, wp)
 

@@ -73,10 +73,14 @@ INLINE void conv_image(const Geometry *g, const float *zp, const float *wt, cons
     }
 }
 
-/* z (H, W) into the middle of zp, whose border stays zero. */
-INLINE void pad_image(const Geometry *g, const float *z, float *zp) {
-    const int wpad = g->wc + g->kw - 1;
-    for (int h = 0; h < g->h; h++) memcpy(zp + (h + g->ph) * wpad + g->pw, z + h * g->w, sizeof(float) * g->w);
+/* One image's M maps into the middle of padded, whose borders stay zero. */
+INLINE void pad_maps(const Geometry *g, int m, const float *maps, int n, float *padded) {
+    const int hpad = g->h + 2 * g->ph, wpad = g->w + 2 * g->pw;
+    for (int q = 0; q < m; q++) {
+        const float *map = maps + ((long)q * g->n + n) * g->h * g->w;
+        float *pq = padded + q * hpad * wpad;
+        for (int hh = 0; hh < g->h; hh++) memcpy(pq + (hh + g->ph) * wpad + g->pw, map + hh * g->w, sizeof(float) * g->w);
+    }
 }
 
 /* Max-pool one image's convolution output, channels c0..c0+BC. idx gets the maximum's place in its
@@ -132,22 +136,12 @@ void block_pool_forward(const Geometry *g, const float *z, const float *wt, cons
 #pragma omp for schedule(static)
         for (int n = 0; n < g->n; n++) {
             long o = (long)n * g->hp * g->wp * g->c;
-            pad_image(g, z + (long)n * g->h * g->w, zp);
+            pad_maps(g, 1, z, n, zp);
             for (int c0 = 0; c0 < g->c; c0 += BC) conv_image(g, zp, wt, bias, conv, c0);
             for (int c0 = 0; c0 < g->c; c0 += BC) pool_image(g, conv, out + o, idx + o, c0);
         }
         free(conv);
         free(zp);
-    }
-}
-
-/* One image's M maps into the middle of padded, whose borders stay zero. */
-INLINE void pad_maps(const Geometry *g, int m, const float *maps, int n, float *padded) {
-    const int hpad = g->h + 2 * g->ph, wpad = g->w + 2 * g->pw;
-    for (int q = 0; q < m; q++) {
-        const float *map = maps + ((long)q * g->n + n) * g->h * g->w;
-        float *pq = padded + q * hpad * wpad;
-        for (int hh = 0; hh < g->h; hh++) memcpy(pq + (hh + g->ph) * wpad + g->pw, map + hh * g->w, sizeof(float) * g->w);
     }
 }
 
