@@ -1,6 +1,6 @@
 """Course pipeline vs labkit's fast path: the whole lab (3b + 3c + 3e), timed stage by stage.
 
-    python benchmarks/bench_pipeline.py [--data auto|fashion|sample] [--seeds 3] [--epochs 3]
+    python benchmarks/bench_pipeline.py [--data auto|fashion|sample | --data-dir DIR] [--seeds 3] [--epochs 3]
                                         [--fraction 0.25] [--no-memory] [--clock-ghz GHZ]
 
 Both pipelines run in this one process on the same data and settings (batch 64, emb 32, Adam 1e-3,
@@ -49,13 +49,20 @@ def fashion_dir():
         files = subprocess.run(["dpkg", "-L", "dataset-fashion-mnist"], capture_output=True, text=True,
                                timeout=10).stdout.split()
         found = [Path(f).parent for f in files if f.endswith("train-images-idx3-ubyte.gz")]
-        return found[0] if found else None
+        if found:
+            return found[0]
     except (OSError, subprocess.SubprocessError):
-        return FASHION_DIR if FASHION_DIR.exists() else None
+        pass
+    return FASHION_DIR if FASHION_DIR.exists() else None
 
 
-def load_data(kind, limit=None, fraction=None):
-    if kind in ("auto", "fashion") and fashion_dir():
+def load_data(kind, limit=None, fraction=None, folder=None):
+    """The benchmark's train and test digits: from ``folder`` (idx files, MNIST's format) if given,
+    else by ``kind``."""
+    if folder:
+        train, test = load_idx_digits(folder, True, "idx"), load_idx_digits(folder, False, "idx")
+        name = f"idx files from {folder}"
+    elif kind in ("auto", "fashion") and fashion_dir():
         folder = fashion_dir()
         train, test = load_idx_digits(folder, True, "fashion-mnist"), load_idx_digits(folder, False, "fashion-mnist")
         name = f"Fashion-MNIST from {folder}"
@@ -201,13 +208,20 @@ def without_compiled(pipeline, *args, **kwargs):
         return pipeline(*args, **kwargs)
 
 
-def _embed_peak(n, data, device_name, queue):
-    """In a fresh process: extra peak RSS (MB) to embed n images of ``data`` in batches."""
+def _embed_peak(n, data, folder, device_name, queue):
+    """In a fresh process: extra peak RSS (MB) to embed n images of ``data`` in batches, and the
+    features' shape; or (None, why) when it cannot be measured."""
+    try:
+        queue.put(_measure_embed_peak(n, data, folder, torch.device(device_name)))
+    except Exception as exc:  # report it: the parent waits on the queue
+        queue.put((None, f"{type(exc).__name__}: {exc}"))
+
+
+def _measure_embed_peak(n, data, folder, device):
     from labkit.data import resolve_source
 
     resolve_source(source="sample", verbose=False)
-    device = torch.device(device_name)
-    name, train, _ = load_data(data)
+    name, train, _ = load_data(data, folder=folder)
     model = prepare_model(SimpleMetricEmbedding(1, 32), device)
     images = train.images.float().div(255)
     reps = -(-n // len(images))
@@ -217,7 +231,7 @@ def _embed_peak(n, data, device_name, queue):
     Path("/proc/self/clear_refs").write_text("5")  # Linux: reset the peak (VmHWM) to the current RSS
     before = _status_kb("VmRSS")
     feats, _ = training.embed(model, batches, device, progress=False)
-    queue.put(((_status_kb("VmHWM") - before) / 1024, tuple(feats.shape)))
+    return (_status_kb("VmHWM") - before) / 1024, tuple(feats.shape)
 
 
 def _status_kb(field):
@@ -225,7 +239,7 @@ def _status_kb(field):
         return next(int(line.split()[1]) for line in f if line.startswith(field + ":"))
 
 
-def embedding_memory(data, device, sizes=(10_000, 35_000, 70_000)):
+def embedding_memory(data, folder, device, sizes=(10_000, 35_000, 70_000)):
     """Extra peak memory to embed N images in batches, each N in its own process (the images
     themselves are loaded before the measurement starts)."""
     import multiprocessing
@@ -234,7 +248,7 @@ def embedding_memory(data, device, sizes=(10_000, 35_000, 70_000)):
     rows = []
     for n in sizes:
         queue = ctx.Queue()
-        proc = ctx.Process(target=_embed_peak, args=(n, data, str(device), queue))
+        proc = ctx.Process(target=_embed_peak, args=(n, data, folder, str(device), queue))
         proc.start()
         rows.append((n, *queue.get(timeout=600)))
         proc.join()
@@ -337,6 +351,9 @@ def mean_sd(values, scale=1.0, digits=1):
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", choices=("auto", "fashion", "sample"), default="auto")
+    parser.add_argument("--data-dir", type=Path, default=None,
+                        help="a folder of MNIST-format idx files (train-*/t10k-*, gzipped or not), e.g. Fashion-MNIST "
+                             "copied where the Debian package is not installed; overrides --data")
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--workers", type=int, default=4, help="DataLoader workers of the course pipeline")
@@ -351,8 +368,14 @@ def main():
     # the course's 4 workers on a 2-core machine draw a warning per loader; it is the point of the baseline
     warnings.filterwarnings("ignore", message=".*worker processes in total.*")
 
+    if args.data_dir and not args.data_dir.is_dir():
+        parser.error(f"--data-dir {args.data_dir}: no such folder (it should hold train-images-idx3-ubyte[.gz] "
+                     f"and the three other idx files)")
     device = pick_device(args.device)
-    name, train, test = load_data(args.data, args.limit, args.fraction)
+    try:
+        name, train, test = load_data(args.data, args.limit, args.fraction, args.data_dir)
+    except (OSError, ValueError) as exc:  # a missing or damaged idx file: labkit's message names the fix
+        sys.exit(f"bench_pipeline.py: {exc}")
     print(f"data: {name} ({len(train.targets)} train / {len(test.targets)} test images)")
     cpu = cpu_name()
     gpu = f", {torch.cuda.get_device_name(device)}" if device.type == "cuda" else ""
@@ -425,8 +448,9 @@ def main():
     if args.no_memory:
         return
     print("\nembedding N images in batches of 256, each in a fresh process (peak RSS above the loaded data):")
-    for n, extra_mb, shape in embedding_memory(args.data, device):
-        print(f"  N = {n:>6}: {extra_mb:6.0f} MB  (features {shape})")
+    for n, extra_mb, shape in embedding_memory(args.data, args.data_dir, device):
+        print(f"  N = {n:>6}: " + (f"{extra_mb:6.0f} MB  (features {shape})" if extra_mb is not None
+                                   else f"not measured ({shape})"))
 
 
 if __name__ == "__main__":

@@ -3,12 +3,27 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
+from tests.helpers import write_split_files
+
 REPO = Path(__file__).resolve().parent.parent
+BENCH = REPO / "benchmarks" / "bench_pipeline.py"
+
+
+@pytest.fixture(scope="module")
+def bench_pipeline():
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    try:
+        import bench_pipeline
+    finally:
+        sys.path.remove(str(REPO / "benchmarks"))
+    return bench_pipeline
 
 
 def test_benchmark_smoke():
     result = subprocess.run(
-        [sys.executable, str(REPO / "benchmarks" / "bench_pipeline.py"), "--data", "sample", "--limit", "200",
+        [sys.executable, str(BENCH), "--data", "sample", "--limit", "200",
          "--epochs", "1", "--seeds", "2", "--workers", "0"],
         capture_output=True, text=True, timeout=600,
     )
@@ -23,15 +38,31 @@ def test_benchmark_smoke():
     assert "bf16 convolutions" in out and "compiled kernels (labkit.native): " in out
 
 
-def test_step_flops_count_the_three_convolutions():
-    sys.path.insert(0, str(REPO / "benchmarks"))
-    try:
-        import bench_pipeline
-    finally:
-        sys.path.remove(str(REPO / "benchmarks"))
+def test_step_flops_count_the_three_convolutions(bench_pipeline):
     # by hand: 1 -> 32 channels on 28 x 28, 32 -> 32 on 13 x 13 and on 6 x 6, 3 x 3 kernels, 'same' padding
     macs_per_image = 28 * 28 * 32 * 1 * 9 + 13 * 13 * 32 * 32 * 9 + 6 * 6 * 32 * 32 * 9
     assert bench_pipeline.step_flops(192) == 3 * 2 * 192 * macs_per_image
+
+
+def test_data_dir_reads_idx_files_from_that_folder(bench_pipeline, tmp_path):
+    raw = write_split_files(tmp_path / "raw", compress=True)
+    name, train, test = bench_pipeline.load_data("sample", folder=raw)
+    assert str(raw) in name and len(train.targets) == 30 and len(test.targets) == 10
+    assert tuple(train.images.shape[1:]) == tuple(test.images.shape[1:]) == (28, 28)
+
+
+@pytest.mark.parametrize("missing", ["folder", "labels"])
+def test_data_dir_problems_are_one_line_errors(tmp_path, missing):
+    raw = write_split_files(tmp_path / "raw")
+    if missing == "folder":
+        raw = tmp_path / "nowhere"
+    else:
+        (raw / "t10k-labels-idx1-ubyte").unlink()
+    result = subprocess.run([sys.executable, str(BENCH), "--data-dir", str(raw), "--epochs", "1", "--seeds", "1"],
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2 if missing == "folder" else result.returncode == 1
+    assert "Traceback" not in result.stderr
+    assert ("no such folder" if missing == "folder" else "no t10k-labels-idx1-ubyte") in result.stderr
 
 
 def test_recipe_benchmark_smoke():
