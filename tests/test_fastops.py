@@ -62,8 +62,8 @@ def test_loss_and_gradients_equal_autograd_in_float32(channels_last, kernels):
     torch.testing.assert_close(fast_loss, plain_loss, rtol=1e-5, atol=1e-6)
     assert_close_grads(fast, plain, rtol=1e-4, atol_scale=1e-5)
     if channels_last and native.kernels() is not None:
-        assert sorted(set(kernels)) == ["block_pool_backward", "block_pool_forward", "norm_relu_backward",
-                                        "norm_relu_forward"]
+        assert sorted(set(kernels)) == ["block_pool_backward", "block_pool_forward", "conv3x3_forward",
+                                        "conv3x3_weight", "norm_relu_backward", "norm_relu_forward"]
 
 
 @pytest.fixture
@@ -86,8 +86,10 @@ def test_loss_and_gradients_equal_autograd_with_bf16_convolutions(native_bf16, k
         off_plain = (plain[name] - exact[name]).norm() / exact[name].norm()
         off_fast = (fast[name] - exact[name]).norm() / exact[name].norm()
         assert off_fast <= 2 * off_plain + 1e-2, (name, off_fast.item(), off_plain.item())
-    # with the compiled kernels the image's block and its pool run in float32 under autocast too
+    # with the compiled kernels the image's block and its pool run in float32 under autocast too;
+    # the 32 -> 32 convolutions stay with oneDNN's bf16 ones
     assert ("block_pool_forward" in kernels) == (native.kernels() is not None)
+    assert "conv3x3_forward" not in kernels
 
 
 def test_training_through_the_fast_path_equals_plain_autograd(monkeypatch, kernels):
@@ -261,4 +263,5 @@ def test_inference_through_the_fast_path_equals_plain_and_ignores_the_batch_size
     torch.testing.assert_close(whole, plain, rtol=1e-5, atol=1e-5)
     assert torch.equal(whole, pieces)
     compiled = native.kernels() is not None
-    assert sorted(set(kernels)) == (["block_pool_forward", "norm_relu_forward"] if compiled else [])
+    assert sorted(set(kernels)) == (["block_pool_forward", "conv3x3_forward", "conv3x3_weight", "norm_relu_forward"]
+                                    if compiled else [])

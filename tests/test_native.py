@@ -57,6 +57,76 @@ def assert_block_pool_picks_the_maxima_aten_picks(pool):
     assert (pixel.permute(0, 3, 1, 2) == ref_index).all()
 
 
+CONV_SHAPES = [(5, 13, 13), (4, 6, 6), (3, 1, 1), (2, 2, 3), (3, 7, 4), (1, 28, 28)]
+
+
+def assert_conv3x3_kernel_equals_float64(shapes=CONV_SHAPES):
+    """``conv3x3_forward`` (Winograd's F(2x2, 3x3)) against float64's direct convolution: maps of odd and
+    even sizes, smaller than a tile, and numbers of tiles that leave the last block short."""
+    g = torch.Generator().manual_seed(0)
+    weight = torch.randn(32, 32, 3, 3, generator=g) * 0.1
+    u = torch.empty(16, 32, 32)
+    native.call("conv3x3_weight", weight, u)
+    for n, h, w in shapes:
+        x = torch.randn(n, h, w, 32, generator=g)
+        for bias in (torch.randn(32, generator=g), None):
+            out = torch.empty_like(x)
+            native.call("conv3x3_forward", n, h, w, x, u, bias, out)
+            ref = F.conv2d(x.permute(0, 3, 1, 2).double(), weight.double(),
+                           None if bias is None else bias.double(), padding=1).permute(0, 2, 3, 1)
+            assert (out - ref).abs().max() < 1e-5 * ref.abs().max(), (n, h, w, bias is None)
+
+
+def test_conv3x3_kernel_equals_a_float64_convolution(compiled):
+    assert_conv3x3_kernel_equals_float64()
+
+
+@pytest.mark.parametrize("bias", [True, False])
+def test_conv3x3_forward_and_gradients_equal_float64(bias, compiled, monkeypatch):
+    """A 32 -> 32 'same' convolution in fast_layers runs as Winograd (its input gradient too); its
+    output and the gradients of input, weight and bias are float64's to float32 rounding."""
+    torch.manual_seed(0)
+    conv = nn.Conv2d(32, 32, 3, padding=1, bias=bias)
+    x = torch.randn(7, 32, 13, 13).contiguous(memory_format=torch.channels_last)
+    grad = torch.randn(7, 32, 13, 13)
+    called = spy_on_kernels(monkeypatch)
+    xg = x.clone().requires_grad_()
+    with fast_layers(conv):
+        out = conv(xg)
+    out.backward(grad)
+    assert called == ["conv3x3_weight", "conv3x3_forward", "conv3x3_weight", "conv3x3_forward"]
+    assert out.is_contiguous(memory_format=torch.channels_last)
+    exact = nn.Conv2d(32, 32, 3, padding=1, bias=bias).double()
+    exact.load_state_dict(conv.state_dict())
+    xd = x.double().requires_grad_()
+    ref = exact(xd)
+    ref.backward(grad.double())
+    pairs = [(out, ref), (xg.grad, xd.grad), (conv.weight.grad, exact.weight.grad)]
+    pairs += [(conv.bias.grad, exact.bias.grad)] if bias else []
+    for a, b in pairs:
+        assert ((a.double() - b).norm() / b.norm()).item() < 1e-6
+
+
+@pytest.mark.parametrize("conv", [nn.Conv2d(32, 32, 3, padding=1, stride=2), nn.Conv2d(16, 16, 3, padding=1),
+                                  nn.Conv2d(32, 32, 3, padding=0), nn.Conv2d(32, 32, 5, padding=2),
+                                  nn.Conv2d(32, 32, 3, padding=1, padding_mode="reflect")])
+def test_other_convolutions_run_as_the_plain_module(conv, compiled, monkeypatch):
+    x = torch.randn(2, conv.in_channels, 9, 9).contiguous(memory_format=torch.channels_last)
+    called = spy_on_kernels(monkeypatch)
+    with fast_layers(conv):
+        out = conv(x)
+    assert called == [] and torch.equal(out, conv(x))
+
+
+def test_conv3x3_runs_plain_on_nchw_maps_and_other_dtypes(compiled, monkeypatch):
+    conv = nn.Conv2d(32, 32, 3, padding=1)
+    called = spy_on_kernels(monkeypatch)
+    with fast_layers(conv):
+        nchw = conv(torch.randn(2, 32, 5, 5))
+        double = conv.double()(torch.randn(2, 32, 5, 5, dtype=torch.float64).contiguous(memory_format=torch.channels_last))
+    assert called == [] and nchw.dtype == torch.float32 and double.dtype == torch.float64
+
+
 @pytest.mark.parametrize("flags", ["-march=x86-64-v3", "-march=x86-64"])
 def test_builds_for_narrower_vectors_compute_the_same(flags, fresh, monkeypatch):
     """Without AVX-512 the kernels use 8 (AVX2) or 4 (SSE) floats per vector: the same results."""
@@ -67,6 +137,9 @@ def test_builds_for_narrower_vectors_compute_the_same(flags, fresh, monkeypatch)
         pytest.skip(f"no build with {flags}: {native.why_not()}")
     for pool in POOLS:
         assert_block_pool_picks_the_maxima_aten_picks(pool)
+    assert_conv3x3_kernel_equals_float64()
+    # with SSE's 4 floats per vector the Winograd convolution is slower than oneDNN's: not used
+    assert fastops._winograd_ready() == (flags != "-march=x86-64")
     torch.manual_seed(0)
     block = nn.Sequential(nn.GroupNorm(8, 32), nn.ReLU())
     with torch.no_grad():
