@@ -30,7 +30,7 @@ the pool's maxima visited. The PyTorch code below computes the same and is what 
   blocks) on channels_last float32 maps, outside autocast, only with the compiled kernels (built for
   8 or more floats per vector): forward pass and input gradient by Winograd's F(2x2, 3x3), 2.25x
   fewer multiply-adds than the direct convolution, float32 rounding of the same size (checked
-  against float64); the weight and bias gradients stay oneDNN's (``_Conv3x3``).
+  against float64); the weight gradient by the same transform (``_Conv3x3``).
 """
 import contextlib
 import functools
@@ -521,10 +521,10 @@ def _winograd_conv(maps, u, bias):
 
 
 class _Conv3x3(torch.autograd.Function):
-    """A 3x3, stride 1, 'same' convolution from 32 to 32 channels on a channels_last map, forward and
-    input gradient by Winograd's F(2x2, 3x3) (``conv3x3_forward`` in native.c: 16 multiply-adds per
-    4 output pixels and channel pair where the direct way takes 36); the weight and bias gradients
-    from oneDNN, as the plain module gets them."""
+    """A 3x3, stride 1, 'same' convolution from 32 to 32 channels on a channels_last map by Winograd's
+    F(2x2, 3x3) (native.c: 16 multiply-adds per 4 output pixels and channel pair where the direct way
+    takes 36): the forward pass, the input gradient (the same convolution of the output gradient with
+    the kernel flipped and its channels swapped) and the weight gradient (``conv3x3_weight_grad``)."""
 
     @staticmethod
     def forward(ctx, x, weight, bias):
@@ -543,8 +543,10 @@ class _Conv3x3(torch.autograd.Function):
         if need_x:  # the same convolution of the gradient, with the kernel flipped and its channels swapped
             u = winograd_weight(weight.flip(2, 3).transpose(0, 1))
             grad_x = _winograd_conv(grad_out.permute(0, 2, 3, 1), u, None).permute(0, 3, 1, 2)
-        if need_w or need_b:
-            _, grad_w, grad_b = torch.ops.aten.convolution_backward(
-                grad_out, x, weight, [weight.shape[0]] if ctx.has_bias else None, [1, 1], [1, 1], [1, 1], False,
-                [0, 0], 1, [False, need_w, need_b])
-        return grad_x, grad_w if need_w else None, grad_b if need_b else None
+        if need_w:
+            b, c, h, w = x.shape
+            grad_w = weight.new_empty(weight.shape)
+            native.call("conv3x3_weight_grad", b, h, w, x.permute(0, 2, 3, 1), grad_out.permute(0, 2, 3, 1), grad_w)
+        if need_b:
+            grad_b = grad_out.sum((0, 2, 3))
+        return grad_x, grad_w, grad_b

@@ -375,8 +375,8 @@ int vector_floats(void) { return BC; }  /* fastops uses conv3x3_forward only wit
 #define RT 6                    /* AVX / SSE: RT x 2 sums (12 of the 16 registers), half the channels per pass */
 #endif
 
-/* One block of nt (<= RT) tiles starting at global tile t0: input transform into V[16][RT][WC]. */
-INLINE void winograd_input(const float *x, int h, int w, int tw, int T, long t0, int nt, float (*V)[RT][WC]) {
+/* One block of nt (<= rows) tiles starting at global tile t0: input transform into V (16, rows, WC). */
+INLINE void winograd_input(const float *x, int h, int w, int tw, int T, long t0, int nt, float *V, int rows) {
     for (int r = 0; r < nt; r++) {
         const long gt = t0 + r;
         const int t = (int)(gt % T), y0 = 2 * (t / tw) - 1, x0 = 2 * (t % tw) - 1;
@@ -395,10 +395,10 @@ INLINE void winograd_input(const float *x, int h, int w, int tw, int T, long t0,
                 q[3][j] = d[1][j] - d[3][j];
             }
             for (int i = 0; i < 4; i++) {  /* (B^T d) B: columns */
-                store(&V[i * 4 + 0][r][v * BC], q[i][0] - q[i][2]);
-                store(&V[i * 4 + 1][r][v * BC], q[i][1] + q[i][2]);
-                store(&V[i * 4 + 2][r][v * BC], q[i][2] - q[i][1]);
-                store(&V[i * 4 + 3][r][v * BC], q[i][1] - q[i][3]);
+                store(V + ((i * 4 + 0) * rows + r) * WC + v * BC, q[i][0] - q[i][2]);
+                store(V + ((i * 4 + 1) * rows + r) * WC + v * BC, q[i][1] + q[i][2]);
+                store(V + ((i * 4 + 2) * rows + r) * WC + v * BC, q[i][2] - q[i][1]);
+                store(V + ((i * 4 + 3) * rows + r) * WC + v * BC, q[i][1] - q[i][3]);
             }
         }
     }
@@ -485,9 +485,116 @@ void conv3x3_forward(int n, int h, int w, const float *x, const float *U, const 
         for (long blk = 0; blk < blocks; blk++) {
             const long t0 = blk * RT;
             const int nt = total - t0 < RT ? (int)(total - t0) : RT;
-            winograd_input(x, h, w, tw, T, t0, nt, V);
+            winograd_input(x, h, w, tw, T, t0, nt, &V[0][0][0], RT);
             winograd_products(U, V, M);
             winograd_output(y, h, w, tw, T, t0, nt, M, bias);
         }
     }
+}
+
+/* The weight gradient of that convolution, by the same transform: with V = B^T d B for each tile's
+ * input patch and Z = A dY A^T for its 2x2 block of output gradient (zero outside the map), the
+ * gradient of U is the sum over tiles of Z (x) V (outer product over channels, per element e), and
+ * grad_weight (32 out, 32 in, 3, 3) = G^T (that sum) G. RW tiles per block; each thread sums into its
+ * own (16, 32 in, 32 out) slot, and the slots are added in thread order (the same result every run). */
+#define RW (2 * RT)
+#if BC == 16
+#define IB 8                    /* input channels per register block: IB x 2 vector sums */
+#else
+#define IB 4
+#endif
+INLINE void winograd_grad_input(const float *grad, int h, int w, int tw, int T, long t0, int nt, float *Z) {
+    for (int r = 0; r < nt; r++) {
+        const long gt = t0 + r;
+        const int t = (int)(gt % T), y0 = 2 * (t / tw), x0 = 2 * (t % tw);
+        const float *gi = grad + (gt / T) * h * w * WC;
+        for (int v = 0; v < WNV; v++) {
+            vf d[2][2], q[4][2];
+            for (int i = 0; i < 2; i++)
+                for (int j = 0; j < 2; j++)
+                    d[i][j] = (y0 + i < h && x0 + j < w) ? load(gi + ((y0 + i) * w + x0 + j) * WC + v * BC) : (vf){0};
+            for (int j = 0; j < 2; j++) {  /* A dY: rows */
+                q[0][j] = d[0][j];
+                q[1][j] = d[0][j] + d[1][j];
+                q[2][j] = d[0][j] - d[1][j];
+                q[3][j] = -d[1][j];
+            }
+            for (int i = 0; i < 4; i++) {  /* (A dY) A^T: columns */
+                store(Z + ((i * 4 + 0) * RW + r) * WC + v * BC, q[i][0]);
+                store(Z + ((i * 4 + 1) * RW + r) * WC + v * BC, q[i][0] + q[i][1]);
+                store(Z + ((i * 4 + 2) * RW + r) * WC + v * BC, q[i][0] - q[i][1]);
+                store(Z + ((i * 4 + 3) * RW + r) * WC + v * BC, -q[i][1]);
+            }
+        }
+    }
+}
+
+/* acc[e][i][o] += sum over the block's rows r of V[e][r][i] * Z[e][r][o] (rows past nt are zero). */
+INLINE void winograd_outer(const float *V, const float *Z, float *acc) {
+    for (int e = 0; e < 16; e++)
+        for (int i0 = 0; i0 < WC; i0 += IB)
+            for (int v0 = 0; v0 < WNV; v0 += 2) {
+                float *a = acc + (e * WC + i0) * WC + v0 * BC;
+                vf a0[IB], a1[IB];
+                for (int i = 0; i < IB; i++) {
+                    a0[i] = load(a + i * WC);
+                    a1[i] = load(a + i * WC + BC);
+                }
+                for (int r = 0; r < RW; r++) {
+                    const float *zr = Z + (e * RW + r) * WC + v0 * BC, *vr = V + (e * RW + r) * WC + i0;
+                    const vf z0 = load(zr), z1 = load(zr + BC);
+                    for (int i = 0; i < IB; i++) {
+                        a0[i] += vr[i] * z0;
+                        a1[i] += vr[i] * z1;
+                    }
+                }
+                for (int i = 0; i < IB; i++) {
+                    store(a + i * WC, a0[i]);
+                    store(a + i * WC + BC, a1[i]);
+                }
+            }
+}
+
+void conv3x3_weight_grad(int n, int h, int w, const float *x, const float *grad, float *grad_weight, int threads) {
+    const int th = (h + 1) / 2, tw = (w + 1) / 2, T = th * tw;
+    const long total = (long)n * T, blocks = (total + RW - 1) / RW, slot = 16 * WC * WC;
+    float *partial = calloc((size_t)threads * slot, sizeof(float));
+#pragma omp parallel num_threads(threads)
+    {
+        float *V = calloc(16 * RW * WC, sizeof(float)), *Z = calloc(16 * RW * WC, sizeof(float));
+        float *acc = partial + omp_get_thread_num() * slot;
+#pragma omp for schedule(static)
+        for (long blk = 0; blk < blocks; blk++) {
+            const long t0 = blk * RW;
+            const int nt = total - t0 < RW ? (int)(total - t0) : RW;
+            if (nt < RW) {  /* a short last block: the rows past it must add nothing */
+                memset(V, 0, sizeof(float) * 16 * RW * WC);
+                memset(Z, 0, sizeof(float) * 16 * RW * WC);
+            }
+            winograd_input(x, h, w, tw, T, t0, nt, V, RW);
+            winograd_grad_input(grad, h, w, tw, T, t0, nt, Z);
+            winograd_outer(V, Z, acc);
+        }
+        free(V);
+        free(Z);
+    }
+    for (int t = 1; t < threads; t++)
+        for (long k = 0; k < slot; k++) partial[k] += partial[t * slot + k];
+    for (int o = 0; o < WC; o++)  /* grad_weight = G^T M G, G^T = [[1, 1/2, 1/2, 0], [0, 1/2, -1/2, 0], [0, 1/2, 1/2, 1]] */
+        for (int i = 0; i < WC; i++) {
+            float m[4][4], q[3][4];
+            for (int e = 0; e < 16; e++) m[e / 4][e % 4] = partial[(e * WC + i) * WC + o];
+            for (int b = 0; b < 4; b++) {
+                q[0][b] = m[0][b] + 0.5f * (m[1][b] + m[2][b]);
+                q[1][b] = 0.5f * (m[1][b] - m[2][b]);
+                q[2][b] = 0.5f * (m[1][b] + m[2][b]) + m[3][b];
+            }
+            float *gw = grad_weight + (o * WC + i) * 9;
+            for (int k = 0; k < 3; k++) {
+                gw[k * 3 + 0] = q[k][0] + 0.5f * (q[k][1] + q[k][2]);
+                gw[k * 3 + 1] = 0.5f * (q[k][1] - q[k][2]);
+                gw[k * 3 + 2] = 0.5f * (q[k][1] + q[k][2]) + q[k][3];
+            }
+        }
+    free(partial);
 }

@@ -130,6 +130,7 @@ def _load(path):
         "norm_relu_backward": [i, i, i, i, p, p, p, p, p, p, p, p, p, i],
         "conv3x3_forward": [i, i, i, p, p, p, p, i],
         "conv3x3_weight": [p, p],
+        "conv3x3_weight_grad": [i, i, i, p, p, p, i],
     }
     for name, args in signatures.items():
         getattr(lib, name).argtypes = args

@@ -63,7 +63,8 @@ def test_loss_and_gradients_equal_autograd_in_float32(channels_last, kernels):
     assert_close_grads(fast, plain, rtol=1e-4, atol_scale=1e-5)
     if channels_last and native.kernels() is not None:
         assert sorted(set(kernels)) == ["block_pool_backward", "block_pool_forward", "conv3x3_forward",
-                                        "conv3x3_weight", "norm_relu_backward", "norm_relu_forward"]
+                                        "conv3x3_weight", "conv3x3_weight_grad", "norm_relu_backward",
+                                        "norm_relu_forward"]
 
 
 @pytest.fixture

@@ -61,8 +61,9 @@ CONV_SHAPES = [(5, 13, 13), (4, 6, 6), (3, 1, 1), (2, 2, 3), (3, 7, 4), (1, 28, 
 
 
 def assert_conv3x3_kernel_equals_float64(shapes=CONV_SHAPES):
-    """``conv3x3_forward`` (Winograd's F(2x2, 3x3)) against float64's direct convolution: maps of odd and
-    even sizes, smaller than a tile, and numbers of tiles that leave the last block short."""
+    """``conv3x3_forward`` and ``conv3x3_weight_grad`` (Winograd's F(2x2, 3x3)) against float64's direct
+    convolution: maps of odd and even sizes, smaller than a tile, and numbers of tiles that leave the
+    last block short."""
     g = torch.Generator().manual_seed(0)
     weight = torch.randn(32, 32, 3, 3, generator=g) * 0.1
     u = torch.empty(16, 32, 32)
@@ -75,6 +76,12 @@ def assert_conv3x3_kernel_equals_float64(shapes=CONV_SHAPES):
             ref = F.conv2d(x.permute(0, 3, 1, 2).double(), weight.double(),
                            None if bias is None else bias.double(), padding=1).permute(0, 2, 3, 1)
             assert (out - ref).abs().max() < 1e-5 * ref.abs().max(), (n, h, w, bias is None)
+        grad = torch.randn(n, h, w, 32, generator=g)
+        grad_weight = torch.empty(32, 32, 3, 3)
+        native.call("conv3x3_weight_grad", n, h, w, x, grad, grad_weight)
+        exact = torch.zeros(32, 32, 3, 3, dtype=torch.float64, requires_grad=True)
+        F.conv2d(x.permute(0, 3, 1, 2).double(), exact, padding=1).backward(grad.permute(0, 3, 1, 2).double())
+        assert (grad_weight - exact.grad).abs().max() < 1e-5 * exact.grad.abs().max(), (n, h, w)
 
 
 def test_conv3x3_kernel_equals_a_float64_convolution(compiled):
@@ -94,7 +101,7 @@ def test_conv3x3_forward_and_gradients_equal_float64(bias, compiled, monkeypatch
     with fast_layers(conv):
         out = conv(xg)
     out.backward(grad)
-    assert called == ["conv3x3_weight", "conv3x3_forward", "conv3x3_weight", "conv3x3_forward"]
+    assert called == ["conv3x3_weight", "conv3x3_forward", "conv3x3_weight", "conv3x3_forward", "conv3x3_weight_grad"]
     assert out.is_contiguous(memory_format=torch.channels_last)
     exact = nn.Conv2d(32, 32, 3, padding=1, bias=bias).double()
     exact.load_state_dict(conv.state_dict())
@@ -228,11 +235,12 @@ def test_call_rejects_what_the_kernels_cannot_read(compiled):
         native.call("norm_relu_forward", 2, 4, 32, 8, x.double(), *rest)
 
 
-def test_same_inputs_same_gradients_on_more_threads_than_cores(compiled):
-    """The backward kernel adds the threads' partial sums in thread order, not as they finish."""
+def test_same_inputs_same_gradients_on_more_threads_than_cores(compiled, monkeypatch):
+    """The backward kernels add the threads' partial sums in thread order, not as they finish."""
     torch.manual_seed(0)
     block = nn.Sequential(nn.GroupNorm(1, 1), nn.ReLU(), nn.Conv2d(1, 32, 3, padding=1))
-    net = nn.Sequential(block, nn.MaxPool2d(3, 2))
+    net = nn.Sequential(block, nn.MaxPool2d(3, 2), nn.Conv2d(32, 32, 3, padding=1))
+    called = spy_on_kernels(monkeypatch)
     x = torch.rand(64, 1, 28, 28)
     grad = torch.randn(64, 32, 13, 13)
     threads = torch.get_num_threads()
@@ -246,6 +254,7 @@ def test_same_inputs_same_gradients_on_more_threads_than_cores(compiled):
             runs.append([p.grad.clone() for p in net.parameters()])
     finally:
         torch.set_num_threads(threads)
+    assert {"block_pool_backward", "conv3x3_weight_grad"} <= set(called)
     assert all(torch.equal(a, b) for run in runs[1:] for a, b in zip(run, runs[0]))
 
 
