@@ -125,13 +125,15 @@ def test_other_convolutions_run_as_the_plain_module(conv, compiled, monkeypatch)
     assert called == [] and torch.equal(out, conv(x))
 
 
-def test_conv3x3_runs_plain_on_nchw_maps_and_other_dtypes(compiled, monkeypatch):
+def test_conv3x3_runs_plain_on_nchw_maps_other_dtypes_and_in_inference(compiled, monkeypatch):
     conv = nn.Conv2d(32, 32, 3, padding=1)
     called = spy_on_kernels(monkeypatch)
     with fast_layers(conv):
         nchw = conv(torch.randn(2, 32, 5, 5))
+        with torch.no_grad():
+            plain = conv(torch.randn(2, 32, 5, 5).contiguous(memory_format=torch.channels_last))
         double = conv.double()(torch.randn(2, 32, 5, 5, dtype=torch.float64).contiguous(memory_format=torch.channels_last))
-    assert called == [] and nchw.dtype == torch.float32 and double.dtype == torch.float64
+    assert called == [] and nchw.dtype == plain.dtype == torch.float32 and double.dtype == torch.float64
 
 
 @pytest.mark.parametrize("flags", ["-march=x86-64-v3", "-march=x86-64"])
