@@ -53,10 +53,17 @@ def execute(path, out_path, timeout, workdir):
     client = NotebookClient(nb, timeout=timeout, kernel_name="python3", config=config,
                             resources={"metadata": {"path": str(path.parent)}})
     error = None
-    try:
-        _execute_in_thread(client)
-    except (CellExecutionError, CellTimeoutError) as exc:
-        error = exc
+    # the kernel's own stderr goes to a log, shown only when the notebook fails: a healthy kernel can
+    # still print there at shutdown (libzmq's "Assertion failed: pfd.revents & POLLIN" was seen once
+    # on this project's CI after a notebook that had run fine)
+    log_path = workdir / f"{path.stem}.kernel-stderr.log"
+    with open(log_path, "wb") as log:
+        try:
+            _execute_in_thread(client, stderr=log)
+        except (CellExecutionError, CellTimeoutError) as exc:
+            error = exc
+    if error is not None:
+        error.kernel_stderr = log_path.read_text(errors="replace").strip()[-3000:]
     for cell in nb.cells:  # execution timestamps would make every re-run a diff
         cell.metadata.pop("execution", None)
     # widget state (50-300 kB per notebook, a PNG included) is only for a live kernel; nbclient's
@@ -69,14 +76,15 @@ def execute(path, out_path, timeout, workdir):
         raise error
 
 
-def _execute_in_thread(client):
-    """``client.execute()`` in a daemon thread, so that Ctrl-C reaches this script as KeyboardInterrupt
-    (in the main thread nbclient takes SIGINT over, and an interrupt ends in DeadKernelError)."""
+def _execute_in_thread(client, **kernel_options):
+    """``client.execute(**kernel_options)`` in a daemon thread, so that Ctrl-C reaches this script as
+    KeyboardInterrupt (in the main thread nbclient takes SIGINT over, and an interrupt ends in
+    DeadKernelError)."""
     failure = []
 
     def target():
         try:
-            client.execute()
+            client.execute(**kernel_options)
         except BaseException as exc:  # noqa: BLE001 - handed to the main thread as it is
             failure.append(exc)
 
@@ -194,6 +202,8 @@ def run(args):
             except (CellExecutionError, CellTimeoutError) as exc:
                 print("FAILED", flush=True)
                 print(exc, file=sys.stderr)
+                if getattr(exc, "kernel_stderr", ""):
+                    print(f"the kernel's own stderr:\n{exc.kernel_stderr}", file=sys.stderr)
                 kept = "" if args.refresh else f"; the executed notebook is {os.path.relpath(target)}"
                 print(f"run_lab.py: {path.name} failed{kept}", file=sys.stderr)
                 return 1

@@ -116,6 +116,18 @@ def test_an_empty_folder_is_accepted_and_the_output_is_quiet(tmp_path):
 # results of partial runs are merged, never dropped
 
 
+def test_what_a_kernel_prints_to_its_own_stderr_is_shown_only_when_its_notebook_fails(tmp_path):
+    """A kernel that ran its notebook fine can still write to its stderr (libzmq at shutdown once did,
+    on CI): that is not the student's problem. When the notebook fails, it may be the clue."""
+    noise = "import os\nos.write(2, b'kernel noise on fd 2\\n')"
+    quiet = run_lab(stand_in_notebooks(tmp_path / "ok", {"01_noisy.ipynb": noise}), "--out", tmp_path / "out1")
+    assert quiet.returncode == 0 and quiet.stderr == ""
+    failing = run_lab(stand_in_notebooks(tmp_path / "bad", {"01_noisy.ipynb": noise + "\nraise RuntimeError('boom')"}),
+                      "--out", tmp_path / "out2")
+    assert failing.returncode == 1
+    assert "RuntimeError" in failing.stderr and "the kernel's own stderr:\nkernel noise on fd 2" in failing.stderr
+
+
 def test_partial_runs_keep_every_result(tmp_path, main):
     nb = stand_in_notebooks(tmp_path / "nb")
     out = tmp_path / "out"
