@@ -546,7 +546,7 @@ class _Conv3x3(torch.autograd.Function):
             u = winograd_weight(weight.flip(2, 3).transpose(0, 1))
             grad_x = _winograd_conv(grad_out.permute(0, 2, 3, 1), u, None).permute(0, 3, 1, 2)
         if need_w:
-            b, c, h, w = x.shape
+            b, _, h, w = x.shape
             grad_w = weight.new_empty(weight.shape)
             native.call("conv3x3_weight_grad", b, h, w, x.permute(0, 2, 3, 1), grad_out.permute(0, 2, 3, 1), grad_w)
         if need_b:

@@ -358,13 +358,13 @@ void norm_relu_backward(int n_img, int P, int C, int G, const float *grad_out, c
  * y (N, H, W, 32) = conv(x (N, H, W, 32), weight) + bias, stride 1, zero padding 1, by Winograd's
  * F(2x2, 3x3): each 2x2 block of output pixels (a tile) comes from the 4x4 input patch around it,
  * transformed (V = B^T d B), multiplied channel-wise with the transformed weight (U = G g G^T,
- * computed by the Python side: U[e][ci][co] for the 16 elements e of the 4x4 transform) and
+ * from conv3x3_weight: U[e][ci][co] for the 16 elements e of the 4x4 transform) and
  * transformed back (Y = A^T M A). That is 16 products of 32x32 per 4 output pixels instead of 36:
  * 2.25x fewer multiply-adds, in exchange for additions in the transforms. The products run RT tiles
  * at a time, the tiles of all images numbered in one sequence, so every block of RT is full; each
  * tile's arithmetic does not depend on which block it falls in, so results do not depend on the
  * batch size. The backward pass for x is the same convolution of the output gradient with the weight
- * flipped and its channels swapped (the Python side transforms that weight). */
+ * flipped and its channels swapped (the Python side flips and swaps it before conv3x3_weight). */
 int vector_floats(void) { return BC; }  /* fastops uses conv3x3_forward only with 8 or more */
 
 #define WC 32                   /* channels in and out */
@@ -404,8 +404,8 @@ INLINE void winograd_input(const float *x, int h, int w, int tw, int T, long t0,
     }
 }
 
-/* M[e] = V[e] (RT x WC) @ U[e] (WC x WC), two output vectors at a time. */
-INLINE void winograd_products(const float *U, float (*V)[RT][WC], float (*M)[RT][WC]) {
+/* M[e] = V[e] (RT x WC) @ U[e] (WC x WC), two output vectors at a time; V and M are (16, RT, WC). */
+INLINE void winograd_products(const float *U, const float *V, float *M) {
     for (int e = 0; e < 16; e++)
         for (int v0 = 0; v0 < WNV; v0 += 2) {
             const float *Ue = U + e * WC * WC + v0 * BC;
@@ -414,20 +414,20 @@ INLINE void winograd_products(const float *U, float (*V)[RT][WC], float (*M)[RT]
             for (int k = 0; k < WC; k++) {
                 const vf u0 = load(Ue + k * WC), u1 = load(Ue + k * WC + BC);
                 for (int r = 0; r < RT; r++) {
-                    const float s = V[e][r][k];
+                    const float s = V[(e * RT + r) * WC + k];
                     a0[r] += s * u0;
                     a1[r] += s * u1;
                 }
             }
             for (int r = 0; r < RT; r++) {
-                store(&M[e][r][v0 * BC], a0[r]);
-                store(&M[e][r][(v0 + 1) * BC], a1[r]);
+                store(M + (e * RT + r) * WC + v0 * BC, a0[r]);
+                store(M + (e * RT + r) * WC + (v0 + 1) * BC, a1[r]);
             }
         }
 }
 
 /* Output transform of the block's nt tiles, plus the bias, into y (edge tiles write what lies inside). */
-INLINE void winograd_output(float *y, int h, int w, int tw, int T, long t0, int nt, float (*M)[RT][WC],
+INLINE void winograd_output(float *y, int h, int w, int tw, int T, long t0, int nt, const float *M,
                             const float *bias) {
     for (int r = 0; r < nt; r++) {
         const long gt = t0 + r;
@@ -436,7 +436,7 @@ INLINE void winograd_output(float *y, int h, int w, int tw, int T, long t0, int 
         for (int v = 0; v < WNV; v++) {
             vf m[4][4], o[2][4];
             for (int i = 0; i < 4; i++)
-                for (int j = 0; j < 4; j++) m[i][j] = load(&M[i * 4 + j][r][v * BC]);
+                for (int j = 0; j < 4; j++) m[i][j] = load(M + ((i * 4 + j) * RT + r) * WC + v * BC);
             for (int j = 0; j < 4; j++) {  /* A^T M: rows */
                 o[0][j] = m[0][j] + m[1][j] + m[2][j];
                 o[1][j] = m[1][j] - m[2][j] - m[3][j];
@@ -452,7 +452,8 @@ INLINE void winograd_output(float *y, int h, int w, int tw, int T, long t0, int 
 
 /* U (16, 32 in, 32 out) = G g G^T for each kernel g of weight (32 out, 32 in, 3, 3), G = [[1, 0, 0],
  * [1/2, 1/2, 1/2], [1/2, -1/2, 1/2], [0, 0, 1]]. */
-void conv3x3_weight(const float *weight, float *U) {
+void conv3x3_weight(const float *weight, float *U, int threads) {
+#pragma omp parallel for num_threads(threads) schedule(static)
     for (int o = 0; o < WC; o++)
         for (int i = 0; i < WC; i++) {
             const float *g = weight + (o * WC + i) * 9;
@@ -486,8 +487,8 @@ void conv3x3_forward(int n, int h, int w, const float *x, const float *U, const 
             const long t0 = blk * RT;
             const int nt = total - t0 < RT ? (int)(total - t0) : RT;
             winograd_input(x, h, w, tw, T, t0, nt, &V[0][0][0], RT);
-            winograd_products(U, V, M);
-            winograd_output(y, h, w, tw, T, t0, nt, M, bias);
+            winograd_products(U, &V[0][0][0], &M[0][0][0]);
+            winograd_output(y, h, w, tw, T, t0, nt, &M[0][0][0], bias);
         }
     }
 }

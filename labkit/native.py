@@ -27,8 +27,6 @@ import torch
 SOURCE = Path(__file__).with_name("native.c")
 FLAGS = ["-O3", "-march=native", "-fopenmp", "-std=gnu11", "-shared", "-fPIC"]
 
-SINGLE_THREADED = {"conv3x3_weight"}  # kernels without a threads argument
-
 _state = {"lib": None, "tried": False, "error": None, "disabled": 0}
 
 
@@ -129,7 +127,7 @@ def _load(path):
         "norm_relu_forward": [i, i, i, i, p, p, p, f, p, p, p, i],
         "norm_relu_backward": [i, i, i, i, p, p, p, p, p, p, p, p, p, i],
         "conv3x3_forward": [i, i, i, p, p, p, p, i],
-        "conv3x3_weight": [p, p],
+        "conv3x3_weight": [p, p, i],
         "conv3x3_weight_grad": [i, i, i, p, p, p, i],
     }
     for name, args in signatures.items():
@@ -154,4 +152,4 @@ def call(name, *args):
     lib = _state["lib"] or kernels()  # loaded: a backward pass finishes on the kernels its forward used
     if lib is None:
         raise RuntimeError(f"{name}: the compiled kernels are not available ({why_not()})")
-    getattr(lib, name)(*converted, *(() if name in SINGLE_THREADED else (torch.get_num_threads(),)))
+    getattr(lib, name)(*converted, torch.get_num_threads())
