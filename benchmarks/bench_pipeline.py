@@ -59,13 +59,12 @@ def fashion_dir():
 def load_data(kind, limit=None, fraction=None, folder=None):
     """The benchmark's train and test digits: from ``folder`` (idx files, MNIST's format) if given,
     else by ``kind``."""
+    source, label = "idx", "idx files"
+    if not folder and kind in ("auto", "fashion"):
+        folder, source, label = fashion_dir(), "fashion-mnist", "Fashion-MNIST"
     if folder:
-        train, test = load_idx_digits(folder, True, "idx"), load_idx_digits(folder, False, "idx")
-        name = f"idx files from {folder}"
-    elif kind in ("auto", "fashion") and fashion_dir():
-        folder = fashion_dir()
-        train, test = load_idx_digits(folder, True, "fashion-mnist"), load_idx_digits(folder, False, "fashion-mnist")
-        name = f"Fashion-MNIST from {folder}"
+        train, test = (load_idx_digits(folder, split, source) for split in (True, False))
+        name = f"{label} from {folder}"
     elif kind == "fashion":
         sys.exit("Fashion-MNIST not found: install it with `apt-get install dataset-fashion-mnist`, or use --data sample")
     else:
