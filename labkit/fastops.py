@@ -27,10 +27,12 @@ the image is in the cache: the convolution and its pool in one loop, and in the 
 the pool's maxima visited. The PyTorch code below computes the same and is what runs everywhere else.
 
 * **3x3 convolutions from 32 to 32 channels** ('same' padding, stride 1; the lab's second and third
-  blocks) in float32 training on channels_last maps, outside autocast, only with the compiled kernels (built for
+  blocks) in float32 on channels_last maps, outside autocast, only with the compiled kernels (built for
   8 or more floats per vector): forward pass and input gradient by Winograd's F(2x2, 3x3), 2.25x
   fewer multiply-adds than the direct convolution, float32 rounding of the same size (checked
-  against float64); the weight gradient by the same transform (``_Conv3x3``).
+  against float64); the weight gradient by the same transform (``_Conv3x3``). In inference too
+  (class means, evaluation): each 2x2 block of outputs depends on its own patch only, so the
+  features do not depend on the batch.
 """
 import contextlib
 import functools
@@ -497,11 +499,9 @@ def _winograd_ready():
 
 def _conv3x3(conv, x):
     weight, bias = conv.weight, conv.bias
-    # training only: in inference (class means, evaluation) it raised the peak memory of embedding
-    # 70,000 images by 0.2-1 GB, erratically, where oneDNN's convolution stays flat (cause not found)
-    if not (torch.is_grad_enabled() and torch.is_tensor(x) and x.device.type == "cpu"
-            and x.dtype == weight.dtype == torch.float32 and x.dim() == 4 and x.shape[1] == 32
-            and x.permute(0, 2, 3, 1).is_contiguous() and not torch.is_autocast_enabled("cpu") and _winograd_ready()):
+    if not (torch.is_tensor(x) and x.device.type == "cpu" and x.dtype == weight.dtype == torch.float32
+            and x.dim() == 4 and x.shape[1] == 32 and x.permute(0, 2, 3, 1).is_contiguous()
+            and not torch.is_autocast_enabled("cpu") and _winograd_ready()):
         return conv._conv_forward(x, weight, bias)
     return _Conv3x3.apply(x, weight, bias)
 

@@ -81,13 +81,31 @@ def embed(model, loader, device=None, *, progress=None, desc="embed"):
     """Features of every image in the loader, batch by batch: (N, D) float32 and (N,) targets, on the device."""
     device = model_device(model, device)
     model.eval()
-    feats, targets = [], []
+    feats = targets = None
+    n = 0
     for batch in tqdm(loader, desc=desc, disable=not progress_enabled(progress), leave=False):
-        feats.append(_features(model, batch[0], device))
-        targets.append(torch.as_tensor(batch[-1]).to(device))
-    if not feats:
+        rows = _features(model, batch[0], device)
+        feats = _put(feats, n, rows)
+        targets = _put(targets, n, torch.as_tensor(batch[-1]).to(device))
+        n += len(rows)
+    if feats is None:
         raise ValueError("the loader gave no batches")
-    return torch.cat(feats), torch.cat(targets)
+    return feats[:n].clone(), targets[:n].clone()
+
+
+def _put(buffer, n, rows):
+    """``rows`` written to ``buffer[n:]``, the buffer doubled first where they do not fit.
+
+    One growing buffer rather than a list of per-batch tensors joined at the end: small tensors kept
+    between each batch's large, short-lived maps fragment glibc's heap, which then holds on to what
+    was freed (embedding 70,000 images once kept 0.2-1 GB of freed memory that way)."""
+    if buffer is None or n + len(rows) > len(buffer):
+        grown = rows.new_empty((max(2 * (0 if buffer is None else len(buffer)), n + len(rows)), *rows.shape[1:]))
+        if buffer is not None:
+            grown[:n] = buffer[:n]
+        buffer = grown
+    buffer[n:n + len(rows)] = rows
+    return buffer
 
 
 @torch.no_grad()

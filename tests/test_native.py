@@ -125,15 +125,30 @@ def test_other_convolutions_run_as_the_plain_module(conv, compiled, monkeypatch)
     assert called == [] and torch.equal(out, conv(x))
 
 
-def test_conv3x3_runs_plain_on_nchw_maps_other_dtypes_and_in_inference(compiled, monkeypatch):
+def test_conv3x3_runs_plain_on_nchw_maps_and_other_dtypes(compiled, monkeypatch):
     conv = nn.Conv2d(32, 32, 3, padding=1)
     called = spy_on_kernels(monkeypatch)
     with fast_layers(conv):
         nchw = conv(torch.randn(2, 32, 5, 5))
-        with torch.no_grad():
-            plain = conv(torch.randn(2, 32, 5, 5).contiguous(memory_format=torch.channels_last))
         double = conv.double()(torch.randn(2, 32, 5, 5, dtype=torch.float64).contiguous(memory_format=torch.channels_last))
-    assert called == [] and nchw.dtype == plain.dtype == torch.float32 and double.dtype == torch.float64
+    assert called == [] and nchw.dtype == torch.float32 and double.dtype == torch.float64
+
+
+@pytest.mark.parametrize("mode", [torch.no_grad, torch.inference_mode])
+def test_conv3x3_in_inference_equals_float64_whatever_the_batch(mode, compiled, monkeypatch):
+    """Class means and evaluation: Winograd's forward pass, no autograd node, each image's output
+    independent of the others in the batch."""
+    torch.manual_seed(0)
+    conv = nn.Conv2d(32, 32, 3, padding=1)
+    x = torch.randn(5, 32, 13, 13).contiguous(memory_format=torch.channels_last)
+    called = spy_on_kernels(monkeypatch)
+    with fast_layers(conv), mode():
+        out = conv(x)
+        pieces = torch.cat([conv(part) for part in x.split(2)])
+    assert called[:2] == ["conv3x3_weight", "conv3x3_forward"] and set(called) == {"conv3x3_weight", "conv3x3_forward"}
+    assert out.grad_fn is None and torch.equal(out, pieces)
+    exact = conv.double()(x.double()).detach()
+    assert ((out.double() - exact).norm() / exact.norm()).item() < 1e-6
 
 
 @pytest.mark.parametrize("flags", ["-march=x86-64-v3", "-march=x86-64"])

@@ -107,10 +107,13 @@ def test_same_seed_same_numbers(sample):
         assert run(1, fast)[0] != a[0]
 
 
-def test_embed_returns_features_and_targets_in_order():
+@pytest.mark.parametrize("batch_size", [1, 6, 7, 1000])
+def test_embed_returns_features_and_targets_in_order(batch_size):
     ds = tiny_dataset("test")
-    feats, targets = embed(IdentityModel(), image_loader(ds, 6), progress=False)
+    assert len(ds) > 4 * 7  # the buffer grows several times, and the last batch is short
+    feats, targets = embed(IdentityModel(), image_loader(ds, batch_size), progress=False)
     assert torch.equal(feats, ds.images.flatten(1)) and torch.equal(targets, ds.targets)
+    assert feats.untyped_storage().nbytes() == feats.numel() * 4  # not a view of a larger buffer
 
 
 def test_progress_switch(monkeypatch, capsys):
