@@ -30,7 +30,8 @@ the pool's maxima visited. The PyTorch code below computes the same and is what 
   blocks) in float32 on channels_last maps, outside autocast, only with the compiled kernels (built for
   8 or more floats per vector): forward pass and input gradient by Winograd's F(2x2, 3x3), 2.25x
   fewer multiply-adds than the direct convolution, float32 rounding of the same size (checked
-  against float64); the weight gradient by the same transform (``_Conv3x3``). In inference too
+  against float64), or on maps where it takes fewer products (13x13) by F(4x4, 3x3), 4x fewer,
+  rounding about 1e-6 relative; the weight gradient by F(2x2, 3x3) (``_Conv3x3``). In inference too
   (class means, evaluation): each 2x2 block of outputs depends on its own patch only, so the
   features do not depend on the batch.
 """
@@ -506,31 +507,39 @@ def _conv3x3(conv, x):
     return _Conv3x3.apply(x, weight, bias)
 
 
-def winograd_weight(weight):
-    """(32, 32, 3, 3) -> (16, 32 in, 32 out): each kernel g as G g G^T, the 4x4 form that Winograd's
-    F(2x2, 3x3) multiplies with (``conv3x3_weight`` in native.c)."""
-    u = weight.new_empty(16, weight.shape[1], weight.shape[0])
-    native.call("conv3x3_weight", weight.contiguous(), u)
+def winograd_tile(h, w):
+    """4 (F(4x4, 3x3)) where its 36 products per 4x4 tile are fewer than F(2x2, 3x3)'s 16 per 2x2
+    tile, counting the tiles that straddle the edge (13x13 maps: 576 against 784), else 2 (6x6: 144 both)."""
+    return 4 if 36 * -(-h // 4) * -(-w // 4) < 16 * -(-h // 2) * -(-w // 2) else 2
+
+
+def winograd_weight(weight, tile=2):
+    """(32, 32, 3, 3) -> (E, 32 in, 32 out): each kernel g as G g G^T, the (tile + 2)^2 = E elements
+    that Winograd's F(tile x tile, 3x3) multiplies with (``conv3x3_weight`` in native.c)."""
+    u = weight.new_empty((tile + 2) ** 2, weight.shape[1], weight.shape[0])
+    native.call("conv3x3_weight", weight.contiguous(), u, tile)
     return u
 
 
-def _winograd_conv(maps, u, bias):
-    """(B, H, W, 32) contiguous -> (B, H, W, 32): the 3x3 convolution whose transformed weight is ``u``."""
+def _winograd_conv(maps, weight, bias):
+    """(B, H, W, 32) contiguous -> (B, H, W, 32): the 3x3 convolution with ``weight``."""
     b, h, w, _ = maps.shape
+    tile = winograd_tile(h, w)
     out = torch.empty_like(maps)
-    native.call("conv3x3_forward", b, h, w, maps, u, bias, out)
+    native.call("conv3x3_forward", b, h, w, maps, winograd_weight(weight, tile), bias, out, tile)
     return out
 
 
 class _Conv3x3(torch.autograd.Function):
     """A 3x3, stride 1, 'same' convolution from 32 to 32 channels on a channels_last map by Winograd's
     F(2x2, 3x3) (native.c: 16 multiply-adds per 4 output pixels and channel pair where the direct way
-    takes 36): the forward pass, the input gradient (the same convolution of the output gradient with
-    the kernel flipped and its channels swapped) and the weight gradient (``conv3x3_weight_grad``)."""
+    takes 36) or F(4x4, 3x3) (36 per 16, ``winograd_tile``): the forward pass, the input gradient (the
+    same convolution of the output gradient with the kernel flipped and its channels swapped) and the
+    weight gradient (``conv3x3_weight_grad``, F(2x2, 3x3))."""
 
     @staticmethod
     def forward(ctx, x, weight, bias):
-        out = _winograd_conv(x.permute(0, 2, 3, 1), winograd_weight(weight), bias)
+        out = _winograd_conv(x.permute(0, 2, 3, 1), weight, bias)
         ctx.save_for_backward(x, weight)
         ctx.has_bias = bias is not None
         return out.permute(0, 3, 1, 2)
@@ -543,8 +552,8 @@ class _Conv3x3(torch.autograd.Function):
         grad_out = grad_out.contiguous(memory_format=torch.channels_last)
         grad_x = grad_w = grad_b = None
         if need_x:  # the same convolution of the gradient, with the kernel flipped and its channels swapped
-            u = winograd_weight(weight.flip(2, 3).transpose(0, 1))
-            grad_x = _winograd_conv(grad_out.permute(0, 2, 3, 1), u, None).permute(0, 3, 1, 2)
+            flipped = weight.flip(2, 3).transpose(0, 1)
+            grad_x = _winograd_conv(grad_out.permute(0, 2, 3, 1), flipped, None).permute(0, 3, 1, 2)
         if need_w:
             b, _, h, w = x.shape
             grad_w = weight.new_empty(weight.shape)

@@ -404,9 +404,10 @@ INLINE void winograd_input(const float *x, int h, int w, int tw, int T, long t0,
     }
 }
 
-/* M[e] = V[e] (RT x WC) @ U[e] (WC x WC), two output vectors at a time; V and M are (16, RT, WC). */
-INLINE void winograd_products(const float *U, const float *V, float *M) {
-    for (int e = 0; e < 16; e++)
+/* M[e] = V[e] (RT x WC) @ U[e] (WC x WC), two output vectors at a time; V and M are (NE, RT, WC), NE
+ * the transform's elements (16 for F(2x2, 3x3), 36 for F(4x4, 3x3)). */
+INLINE void winograd_products(const float *U, const float *V, float *M, const int NE) {
+    for (int e = 0; e < NE; e++)
         for (int v0 = 0; v0 < WNV; v0 += 2) {
             const float *Ue = U + e * WC * WC + v0 * BC;
             vf a0[RT], a1[RT];
@@ -452,7 +453,7 @@ INLINE void winograd_output(float *y, int h, int w, int tw, int T, long t0, int 
 
 /* U (16, 32 in, 32 out) = G g G^T for each kernel g of weight (32 out, 32 in, 3, 3), G = [[1, 0, 0],
  * [1/2, 1/2, 1/2], [1/2, -1/2, 1/2], [0, 0, 1]]. */
-void conv3x3_weight(const float *weight, float *U, int threads) {
+static void weight2(const float *weight, float *U, int threads) {
 #pragma omp parallel for num_threads(threads) schedule(static)
     for (int o = 0; o < WC; o++)
         for (int i = 0; i < WC; i++) {
@@ -474,7 +475,7 @@ void conv3x3_weight(const float *weight, float *U, int threads) {
         }
 }
 
-void conv3x3_forward(int n, int h, int w, const float *x, const float *U, const float *bias, float *y, int threads) {
+static void forward2(int n, int h, int w, const float *x, const float *U, const float *bias, float *y, int threads) {
     const int th = (h + 1) / 2, tw = (w + 1) / 2, T = th * tw;
     const long total = (long)n * T, blocks = (total + RT - 1) / RT;
 #pragma omp parallel num_threads(threads)
@@ -487,7 +488,7 @@ void conv3x3_forward(int n, int h, int w, const float *x, const float *U, const 
             const long t0 = blk * RT;
             const int nt = total - t0 < RT ? (int)(total - t0) : RT;
             winograd_input(x, h, w, tw, T, t0, nt, &V[0][0][0], RT);
-            winograd_products(U, &V[0][0][0], &M[0][0][0]);
+            winograd_products(U, &V[0][0][0], &M[0][0][0], 16);
             winograd_output(y, h, w, tw, T, t0, nt, &M[0][0][0], bias);
         }
     }
@@ -530,9 +531,9 @@ INLINE void winograd_grad_input(const float *grad, int h, int w, int tw, int T, 
     }
 }
 
-/* acc[e][i][o] += sum over the block's rows r of V[e][r][i] * Z[e][r][o] (rows past nt are zero). */
-INLINE void winograd_outer(const float *V, const float *Z, float *acc) {
-    for (int e = 0; e < 16; e++)
+/* acc[e][i][o] += sum over the block's rows r of V[e][r][i] * Z[e][r][o] (rows past nt are zero), e < NE. */
+INLINE void winograd_outer(const float *V, const float *Z, float *acc, const int NE) {
+    for (int e = 0; e < NE; e++)
         for (int i0 = 0; i0 < WC; i0 += IB)
             for (int v0 = 0; v0 < WNV; v0 += 2) {
                 float *a = acc + (e * WC + i0) * WC + v0 * BC;
@@ -574,7 +575,7 @@ void conv3x3_weight_grad(int n, int h, int w, const float *x, const float *grad,
             }
             winograd_input(x, h, w, tw, T, t0, nt, V, RW);
             winograd_grad_input(grad, h, w, tw, T, t0, nt, Z);
-            winograd_outer(V, Z, acc);
+            winograd_outer(V, Z, acc, 16);
         }
         free(V);
         free(Z);
@@ -598,4 +599,139 @@ void conv3x3_weight_grad(int n, int h, int w, const float *x, const float *grad,
             }
         }
     free(partial);
+}
+
+/* ------------------------------------------------------------------ the same convolution by F(4x4, 3x3)
+ * Each 4x4 block of output pixels comes from its 6x6 input patch: 36 products of 32x32 per 16 output
+ * pixels where F(2x2, 3x3) takes 64 (16 per 4) and the direct way 144. Fewer tiles straddle the map's
+ * edge on 13x13 maps as well (16 tiles covering 16x16 against 49 covering 14x14), so there it takes
+ * 576 products per map and channel pair against 784. The price is rounding: the transforms' larger
+ * coefficients (up to 8 in A, 5 in B, 1/24 in G) make its float32 error 4-6x F(2x2, 3x3)'s (about 1e-6
+ * relative; tests/test_native.py). labkit.fastops uses it for the forward pass and the input gradient
+ * where it takes fewer products (winograd_tile); the weight gradient stays F(2x2, 3x3), which measured
+ * as fast there (its sum over all tiles of a batch would also collect the larger rounding).
+ * B^T = [[4, 0, -5, 0, 1, 0], [0, -4, -4, 1, 1, 0], [0, 4, -4, -1, 1, 0], [0, -2, -1, 2, 1, 0],
+ *        [0, 2, -1, -2, 1, 0], [0, 4, 0, -5, 0, 1]],
+ * G   = [[1/4, 0, 0], [-1/6, -1/6, -1/6], [-1/6, 1/6, -1/6], [1/24, 1/12, 1/6], [1/24, -1/12, 1/6], [0, 0, 1]],
+ * A^T = [[1, 1, 1, 1, 1, 0], [0, 1, -1, 2, -2, 0], [0, 1, 1, 4, 4, 0], [0, 1, -1, 8, -8, 1]]. */
+#define INPUT6(d0, d1, d2, d3, d4, d5, r)       \
+    do {                                        \
+        r[0] = 4 * d0 - 5 * d2 + d4;            \
+        r[1] = d3 + d4 - 4 * (d1 + d2);         \
+        r[2] = d4 - d3 + 4 * (d1 - d2);         \
+        r[3] = d4 - d2 + 2 * (d3 - d1);         \
+        r[4] = d4 - d2 + 2 * (d1 - d3);         \
+        r[5] = 4 * d1 - 5 * d3 + d5;            \
+    } while (0)
+
+INLINE void winograd4_input(const float *x, int h, int w, int tw, int T, long t0, int nt, float *V, int rows) {
+    for (int r = 0; r < nt; r++) {
+        const long gt = t0 + r;
+        const int t = (int)(gt % T), y0 = 4 * (t / tw) - 1, x0 = 4 * (t % tw) - 1;
+        const float *xi = x + (gt / T) * h * w * WC;
+        for (int v = 0; v < WNV; v++) {
+            vf d[6][6], q[6][6], o[6];
+            for (int i = 0; i < 6; i++)
+                for (int j = 0; j < 6; j++) {
+                    const int yy = y0 + i, xx = x0 + j;
+                    d[i][j] = (yy >= 0 && yy < h && xx >= 0 && xx < w) ? load(xi + (yy * w + xx) * WC + v * BC) : (vf){0};
+                }
+            for (int j = 0; j < 6; j++) {  /* B^T d: rows */
+                INPUT6(d[0][j], d[1][j], d[2][j], d[3][j], d[4][j], d[5][j], o);
+                for (int i = 0; i < 6; i++) q[i][j] = o[i];
+            }
+            for (int i = 0; i < 6; i++) {  /* (B^T d) B: columns */
+                INPUT6(q[i][0], q[i][1], q[i][2], q[i][3], q[i][4], q[i][5], o);
+                for (int j = 0; j < 6; j++) store(V + ((i * 6 + j) * rows + r) * WC + v * BC, o[j]);
+            }
+        }
+    }
+}
+
+#define OUTPUT4(m0, m1, m2, m3, m4, m5, o)                 \
+    do {                                                   \
+        o[0] = m0 + m1 + m2 + m3 + m4;                     \
+        o[1] = m1 - m2 + 2 * (m3 - m4);                    \
+        o[2] = m1 + m2 + 4 * (m3 + m4);                    \
+        o[3] = m1 - m2 + 8 * (m3 - m4) + m5;               \
+    } while (0)
+
+INLINE void winograd4_output(float *y, int h, int w, int tw, int T, long t0, int nt, const float *M,
+                             const float *bias) {
+    for (int r = 0; r < nt; r++) {
+        const long gt = t0 + r;
+        const int t = (int)(gt % T), y0 = 4 * (t / tw), x0 = 4 * (t % tw);
+        float *yi = y + (gt / T) * h * w * WC;
+        for (int v = 0; v < WNV; v++) {
+            vf m[6][6], q[4][6], o[4];
+            for (int i = 0; i < 6; i++)
+                for (int j = 0; j < 6; j++) m[i][j] = load(M + ((i * 6 + j) * RT + r) * WC + v * BC);
+            for (int j = 0; j < 6; j++) {  /* A^T M: rows */
+                OUTPUT4(m[0][j], m[1][j], m[2][j], m[3][j], m[4][j], m[5][j], o);
+                for (int i = 0; i < 4; i++) q[i][j] = o[i];
+            }
+            const vf b = bias ? load(bias + v * BC) : (vf){0};
+            for (int i = 0; i < 4 && y0 + i < h; i++) {  /* (A^T M) A: columns */
+                OUTPUT4(q[i][0], q[i][1], q[i][2], q[i][3], q[i][4], q[i][5], o);
+                for (int j = 0; j < 4 && x0 + j < w; j++) store(yi + ((y0 + i) * w + x0 + j) * WC + v * BC, o[j] + b);
+            }
+        }
+    }
+}
+
+#define KERNEL6(g0, g1, g2, u)                                              \
+    do {                                                                    \
+        u[0] = g0 / 4.0f;                                                   \
+        u[1] = -(g0 + g1 + g2) / 6.0f;                                      \
+        u[2] = -(g0 - g1 + g2) / 6.0f;                                      \
+        u[3] = g0 / 24.0f + g1 / 12.0f + g2 / 6.0f;                         \
+        u[4] = g0 / 24.0f - g1 / 12.0f + g2 / 6.0f;                         \
+        u[5] = g2;                                                          \
+    } while (0)
+
+/* U (36, 32 in, 32 out) = G g G^T for each kernel g of weight (32 out, 32 in, 3, 3). */
+static void weight4(const float *weight, float *U, int threads) {
+#pragma omp parallel for num_threads(threads) schedule(static)
+    for (int o = 0; o < WC; o++)
+        for (int i = 0; i < WC; i++) {
+            const float *g = weight + (o * WC + i) * 9;
+            float gg[6][3], u[6];
+            for (int j = 0; j < 3; j++) {  /* G g: rows */
+                KERNEL6(g[j], g[3 + j], g[6 + j], u);
+                for (int a = 0; a < 6; a++) gg[a][j] = u[a];
+            }
+            for (int a = 0; a < 6; a++) {  /* (G g) G^T: columns */
+                KERNEL6(gg[a][0], gg[a][1], gg[a][2], u);
+                for (int b = 0; b < 6; b++) U[((a * 6 + b) * WC + i) * WC + o] = u[b];
+            }
+        }
+}
+
+static void forward4(int n, int h, int w, const float *x, const float *U, const float *bias, float *y, int threads) {
+    const int th = (h + 3) / 4, tw = (w + 3) / 4, T = th * tw;
+    const long total = (long)n * T, blocks = (total + RT - 1) / RT;
+#pragma omp parallel num_threads(threads)
+    {
+        float V[36][RT][WC] __attribute__((aligned(64))) = {{{0}}};
+        float M[36][RT][WC] __attribute__((aligned(64)));
+#pragma omp for schedule(static)
+        for (long blk = 0; blk < blocks; blk++) {
+            const long t0 = blk * RT;
+            const int nt = total - t0 < RT ? (int)(total - t0) : RT;
+            winograd4_input(x, h, w, tw, T, t0, nt, &V[0][0][0], RT);
+            winograd_products(U, &V[0][0][0], &M[0][0][0], 36);
+            winograd4_output(y, h, w, tw, T, t0, nt, &M[0][0][0], bias);
+        }
+    }
+}
+
+/* ------------------------------------------------------------------ the entry points
+ * tile: 2 for F(2x2, 3x3) (U holds 16 elements per channel pair), 4 for F(4x4, 3x3) (36). */
+void conv3x3_weight(const float *weight, float *U, int tile, int threads) {
+    (tile == 4 ? weight4 : weight2)(weight, U, threads);
+}
+
+void conv3x3_forward(int n, int h, int w, const float *x, const float *U, const float *bias, float *y, int tile,
+                     int threads) {
+    (tile == 4 ? forward4 : forward2)(n, h, w, x, U, bias, y, threads);
 }

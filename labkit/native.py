@@ -126,8 +126,8 @@ def _load(path):
         "block_pool_backward": [geometry, i, p, p, p, p, p, i],
         "norm_relu_forward": [i, i, i, i, p, p, p, f, p, p, p, i],
         "norm_relu_backward": [i, i, i, i, p, p, p, p, p, p, p, p, p, i],
-        "conv3x3_forward": [i, i, i, p, p, p, p, i],
-        "conv3x3_weight": [p, p, i],
+        "conv3x3_forward": [i, i, i, p, p, p, p, i, i],
+        "conv3x3_weight": [p, p, i, i],
         "conv3x3_weight_grad": [i, i, i, p, p, p, i],
     }
     for name, args in signatures.items():

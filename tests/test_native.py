@@ -61,41 +61,46 @@ CONV_SHAPES = [(5, 13, 13), (4, 6, 6), (3, 1, 1), (2, 2, 3), (3, 7, 4), (1, 28, 
 
 
 def assert_conv3x3_kernel_equals_float64(shapes=CONV_SHAPES):
-    """``conv3x3_forward`` and ``conv3x3_weight_grad`` (Winograd's F(2x2, 3x3)) against float64's direct
-    convolution: maps of odd and even sizes, smaller than a tile, and numbers of tiles that leave the
-    last block short."""
+    """``conv3x3_forward`` (Winograd's F(2x2, 3x3) and F(4x4, 3x3)) and ``conv3x3_weight_grad`` against
+    float64's direct convolution: maps of odd and even sizes, smaller than a tile, and numbers of tiles
+    that leave the last block short. Relative to the largest value, float32's direct convolution is
+    off by about 2e-7 here, F(2x2, 3x3) by as much, F(4x4, 3x3) by up to 4e-6."""
     g = torch.Generator().manual_seed(0)
     weight = torch.randn(32, 32, 3, 3, generator=g) * 0.1
-    u = torch.empty(16, 32, 32)
-    native.call("conv3x3_weight", weight, u)
+    for tile, tolerance in ((2, 1e-6), (4, 1e-5)):
+        u = torch.empty((tile + 2) ** 2, 32, 32)
+        native.call("conv3x3_weight", weight, u, tile)
+        for n, h, w in shapes:
+            x = torch.randn(n, h, w, 32, generator=g)
+            for bias in (torch.randn(32, generator=g), None):
+                out = torch.empty_like(x)
+                native.call("conv3x3_forward", n, h, w, x, u, bias, out, tile)
+                ref = F.conv2d(x.permute(0, 3, 1, 2).double(), weight.double(),
+                               None if bias is None else bias.double(), padding=1).permute(0, 2, 3, 1)
+                assert (out - ref).abs().max() < tolerance * ref.abs().max(), (tile, n, h, w, bias is None)
     for n, h, w in shapes:
-        x = torch.randn(n, h, w, 32, generator=g)
-        for bias in (torch.randn(32, generator=g), None):
-            out = torch.empty_like(x)
-            native.call("conv3x3_forward", n, h, w, x, u, bias, out)
-            ref = F.conv2d(x.permute(0, 3, 1, 2).double(), weight.double(),
-                           None if bias is None else bias.double(), padding=1).permute(0, 2, 3, 1)
-            assert (out - ref).abs().max() < 1e-5 * ref.abs().max(), (n, h, w, bias is None)
-        grad = torch.randn(n, h, w, 32, generator=g)
+        x, grad = torch.randn(n, h, w, 32, generator=g), torch.randn(n, h, w, 32, generator=g)
         grad_weight = torch.empty(32, 32, 3, 3)
         native.call("conv3x3_weight_grad", n, h, w, x, grad, grad_weight)
         exact = torch.zeros(32, 32, 3, 3, dtype=torch.float64, requires_grad=True)
         F.conv2d(x.permute(0, 3, 1, 2).double(), exact, padding=1).backward(grad.permute(0, 3, 1, 2).double())
-        assert (grad_weight - exact.grad).abs().max() < 1e-5 * exact.grad.abs().max(), (n, h, w)
+        assert (grad_weight - exact.grad).abs().max() < 2e-6 * exact.grad.abs().max(), (n, h, w)
 
 
-def test_conv3x3_kernel_equals_a_float64_convolution(compiled):
-    assert_conv3x3_kernel_equals_float64()
+@pytest.mark.parametrize("size, tile", [((13, 13), 4), ((28, 28), 4), ((7, 4), 4), ((6, 6), 2), ((2, 3), 2), ((1, 1), 2)])
+def test_the_larger_tile_where_it_takes_fewer_products(size, tile):
+    assert fastops.winograd_tile(*size) == tile
 
 
+@pytest.mark.parametrize("size", [13, 6])  # F(4x4, 3x3) and F(2x2, 3x3) forward
 @pytest.mark.parametrize("bias", [True, False])
-def test_conv3x3_forward_and_gradients_equal_float64(bias, compiled, monkeypatch):
+def test_conv3x3_forward_and_gradients_equal_float64(bias, size, compiled, monkeypatch):
     """A 32 -> 32 'same' convolution in fast_layers runs as Winograd (its input gradient too); its
     output and the gradients of input, weight and bias are float64's to float32 rounding."""
     torch.manual_seed(0)
     conv = nn.Conv2d(32, 32, 3, padding=1, bias=bias)
-    x = torch.randn(7, 32, 13, 13).contiguous(memory_format=torch.channels_last)
-    grad = torch.randn(7, 32, 13, 13)
+    x = torch.randn(7, 32, size, size).contiguous(memory_format=torch.channels_last)
+    grad = torch.randn(7, 32, size, size)
     called = spy_on_kernels(monkeypatch)
     xg = x.clone().requires_grad_()
     with fast_layers(conv):
@@ -111,7 +116,7 @@ def test_conv3x3_forward_and_gradients_equal_float64(bias, compiled, monkeypatch
     pairs = [(out, ref), (xg.grad, xd.grad), (conv.weight.grad, exact.weight.grad)]
     pairs += [(conv.bias.grad, exact.bias.grad)] if bias else []
     for a, b in pairs:
-        assert ((a.double() - b).norm() / b.norm()).item() < 1e-6
+        assert ((a.double() - b).norm() / b.norm()).item() < 3e-6  # F(4x4, 3x3) on 13x13 maps: about 1e-6
 
 
 @pytest.mark.parametrize("conv", [nn.Conv2d(32, 32, 3, padding=1, stride=2), nn.Conv2d(16, 16, 3, padding=1),
@@ -148,7 +153,7 @@ def test_conv3x3_in_inference_equals_float64_whatever_the_batch(mode, compiled, 
     assert called[:2] == ["conv3x3_weight", "conv3x3_forward"] and set(called) == {"conv3x3_weight", "conv3x3_forward"}
     assert out.grad_fn is None and torch.equal(out, pieces)
     exact = conv.double()(x.double()).detach()
-    assert ((out.double() - exact).norm() / exact.norm()).item() < 1e-6
+    assert ((out.double() - exact).norm() / exact.norm()).item() < 3e-6
 
 
 @pytest.mark.parametrize("flags", ["-march=x86-64-v3", "-march=x86-64"])
