@@ -114,6 +114,28 @@ INLINE void pool_image(const Geometry *g, const float *conv, float *out, unsigne
         }
 }
 
+/* The same for the lab's pool, 3x3 with stride S, no padding, no dilation, every window inside the map:
+ * the window's nine places are constants, so the loops unroll and no edge is checked. */
+INLINE void pool_image_3x3(const Geometry *g, const float *conv, float *out, unsigned char *idx, int c0, const int S) {
+    const int C = g->c;
+    for (int oh = 0; oh < g->hp; oh++)
+        for (int ow = 0; ow < g->wp; ow++) {
+            const float *win = conv + ((oh * S) * g->wc + ow * S) * C + c0;
+            vf best = load(win);
+            vi at = (vi){0};
+            for (int e = 1; e < 9; e++) {
+                vf v = load(win + ((e / 3) * g->wc + e % 3) * C);
+                vi take = (v > best) | (v != v);  /* -1 where v is larger or NaN */
+                best = (vf)((take & (vi)v) | (~take & (vi)best));
+                at = (take & e) | (~take & at);
+            }
+            long o = (long)(oh * g->wp + ow) * C + c0;
+            store(out + o, best);
+            vu8 bytes = __builtin_convertvector(at, vu8);
+            memcpy(idx + o, &bytes, sizeof bytes);
+        }
+}
+
 /* positions (Hp * Wp, pkh * pkw): the convolution pixel of each pooled value's window elements. */
 static void window_positions(const Geometry *g, int *positions) {
     const int kk = g->pkh * g->pkw;
@@ -129,6 +151,8 @@ static void window_positions(const Geometry *g, int *positions) {
 void block_pool_forward(const Geometry *g, const float *z, const float *wt, const float *bias, float *out,
                         unsigned char *idx,
                         int threads) {
+    const int plain3x3 = g->pkh == 3 && g->pkw == 3 && g->psh == g->psw && g->pph == 0 && g->ppw == 0 && g->pdh == 1
+                         && g->pdw == 1 && (g->hp - 1) * g->psh + 3 <= g->hc && (g->wp - 1) * g->psw + 3 <= g->wc;
 #pragma omp parallel num_threads(threads)
     {
         float *conv = malloc(sizeof(float) * g->hc * g->wc * g->c);
@@ -138,7 +162,10 @@ void block_pool_forward(const Geometry *g, const float *z, const float *wt, cons
             long o = (long)n * g->hp * g->wp * g->c;
             pad_maps(g, 1, z, n, zp);
             for (int c0 = 0; c0 < g->c; c0 += BC) conv_image(g, zp, wt, bias, conv, c0);
-            for (int c0 = 0; c0 < g->c; c0 += BC) pool_image(g, conv, out + o, idx + o, c0);
+            if (plain3x3)
+                for (int c0 = 0; c0 < g->c; c0 += BC) pool_image_3x3(g, conv, out + o, idx + o, c0, g->psh);
+            else
+                for (int c0 = 0; c0 < g->c; c0 += BC) pool_image(g, conv, out + o, idx + o, c0);
         }
         free(conv);
         free(zp);

@@ -25,19 +25,25 @@ def fresh(monkeypatch, tmp_path):
     return tmp_path
 
 
-POOLS = [nn.MaxPool2d(3, 2), nn.MaxPool2d(2, padding=1, ceil_mode=True), nn.MaxPool2d(3, 1, dilation=2)]
+# the lab's pool and the same with stride 1 (the kernel's unrolled 3x3 path), and others (its general one)
+POOLS = [nn.MaxPool2d(3, 2), nn.MaxPool2d(3, 1), nn.MaxPool2d(3, 2, ceil_mode=True),
+         nn.MaxPool2d(2, padding=1, ceil_mode=True), nn.MaxPool2d(3, 1, dilation=2)]
 
 
 @pytest.mark.parametrize("pool", POOLS)
-def test_block_pool_kernel_picks_the_maxima_aten_picks(pool, compiled):
-    assert_block_pool_picks_the_maxima_aten_picks(pool)
+@pytest.mark.parametrize("nan", [False, True])
+def test_block_pool_kernel_picks_the_maxima_aten_picks(pool, nan, compiled):
+    assert_block_pool_picks_the_maxima_aten_picks(pool, nan)
 
 
-def assert_block_pool_picks_the_maxima_aten_picks(pool):
+def assert_block_pool_picks_the_maxima_aten_picks(pool, nan=False):
     """Small integers make the convolution exact, so its output has ties everywhere: the kernel must
-    pick the same maximum (the first in scan order) as ATen, whose indices autograd follows."""
+    pick the same maximum (the first in scan order) as ATen, whose indices autograd follows; a NaN
+    wins over numbers, and a later NaN over an earlier one, as in ATen."""
     g = torch.Generator().manual_seed(0)
     z = torch.randint(0, 3, (5, 28, 28), generator=g).float()
+    if nan:
+        z[:, 5, 7] = z[:, 20, 3:5] = z[1, 0, 0] = float("nan")
     weight = torch.randint(-2, 3, (32, 1, 3, 3), generator=g).float()
     bias = torch.randint(-2, 3, (32,), generator=g).float()
     conv = F.conv2d(z.unsqueeze(1), weight, bias, padding=1)
@@ -47,7 +53,8 @@ def assert_block_pool_picks_the_maxima_aten_picks(pool):
     out = torch.empty(5, geometry.hp, geometry.wp, 32)
     index = torch.empty(out.shape, dtype=torch.uint8)
     native.call("block_pool_forward", geometry, maps[0], weight.reshape(32, 9).t().contiguous(), bias, out, index)
-    assert (out.permute(0, 3, 1, 2) == ref).all()
+    torch.testing.assert_close(out.permute(0, 3, 1, 2), ref, rtol=0, atol=0, equal_nan=True)
+    assert out.isnan().any() == nan
     # the kernel keeps the maximum's place (i, j) in its window as i * kw + j; ATen the pixel
     (kh, kw), (sh, sw), (ph, pw), (dh, dw), _ = fastops._pool_geometry(pool)
     oh = torch.arange(geometry.hp).view(-1, 1, 1)
