@@ -34,6 +34,9 @@ the pool's maxima visited. The PyTorch code below computes the same and is what 
   rounding about 1e-6 relative; the weight gradient by F(2x2, 3x3) (``_Conv3x3``). In inference too
   (class means, evaluation): each 2x2 block of outputs depends on its own patch only, so the
   features do not depend on the batch.
+* **A max-pool alone** (the lab's second) on channels_last float32 maps, only with the compiled
+  kernels: the same maxima as ATen, and a backward pass that zeroes and fills the input's gradient
+  image by image instead of zero-filling all of it first (``_MaxPool``).
 """
 import contextlib
 import functools
@@ -68,6 +71,8 @@ def _fast_forward(module):
         return lambda x: _single_channel_conv(module, x)
     if type(module) is nn.Conv2d and _conv3x3_applies(module):
         return lambda x: _conv3x3(module, x)
+    if type(module) is nn.MaxPool2d and not module.return_indices:
+        return lambda x: _max_pool(module, x)
     if (isinstance(module, nn.Sequential) and type(module).forward is nn.Sequential.forward
             and any(_is_norm_relu(a, b) or _is_block_pool(a, b) for a, b in zip(list(module), list(module)[1:]))):
         return lambda x: _sequential_fused(module, x)
@@ -483,6 +488,45 @@ class _PatchConv(torch.autograd.Function):
         grad_x = fold_patches(grad_cols, kernel_size, padding, size).to(cols.dtype) if need_x else None
         grad_w = grad_w.reshape(weight_shape) if need_w else None
         return grad_x, grad_w, grad_b if need_b and has_bias else None, None
+
+
+# ---------------------------------------------------------------- max-pool alone
+def _max_pool(pool, x):
+    """A max-pool on a channels_last float32 map with whole vectors of channels, compiled: ATen's pool
+    there, in the backward pass, zero-fills the whole input-sized gradient before it adds to it (4 MB
+    for the lab's second pool over 192 maps); the kernel does it image by image, in the cache."""
+    geometry = _pool_geometry(pool)
+    (pkh, pkw), *_ = geometry
+    if not (torch.is_tensor(x) and x.device.type == "cpu" and x.dtype == torch.float32 and x.dim() == 4
+            and x.permute(0, 2, 3, 1).is_contiguous() and _native_channels(x.shape[1]) and pkh * pkw <= 256):
+        return nn.MaxPool2d.forward(pool, x)
+    return _MaxPool.apply(x, geometry)
+
+
+class _MaxPool(torch.autograd.Function):
+    """max_pool2d on a channels_last (B, C, H, W) map by ``native.c``; the same maxima and places as ATen
+    (the first in scan order, NaN winning), and the same gradient sums in the same order."""
+
+    @staticmethod
+    def forward(ctx, x, pool):
+        b, c, h, w = x.shape
+        (pkh, pkw), (psh, psw), (pph, ppw), (pdh, pdw), _ = pool
+        hp, wp = _pooled_size(h, w, tuple(tuple(v) if isinstance(v, list) else v for v in pool))
+        geometry = native.Geometry(b, h, w, c, 1, 1, 0, 0, h, w, pkh, pkw, psh, psw, pph, ppw, pdh, pdw, hp, wp)
+        out = x.new_empty(b, hp, wp, c)
+        index = torch.empty(out.shape, dtype=torch.uint8)
+        native.call("max_pool_forward", geometry, x.permute(0, 2, 3, 1), out, index)
+        ctx.save_for_backward(index)
+        ctx.geometry = geometry
+        return out.permute(0, 3, 1, 2)
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        (index,), geometry = ctx.saved_tensors, ctx.geometry
+        grad = grad_out.permute(0, 2, 3, 1).contiguous()  # no copy when channels_last
+        grad_x = grad.new_empty(geometry.n, geometry.hc, geometry.wc, geometry.c)
+        native.call("max_pool_backward", geometry, grad, index, grad_x)
+        return grad_x.permute(0, 3, 1, 2), None
 
 
 # ---------------------------------------------------------------- 3x3 convolution, 32 -> 32 channels

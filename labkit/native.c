@@ -172,6 +172,43 @@ void block_pool_forward(const Geometry *g, const float *z, const float *wt, cons
     }
 }
 
+/* A max-pool alone (the lab's second one): x (N, Hc, Wc, C) -> out and idx (N, Hp, Wp, C), as the image's
+ * block pools its convolution (only the pool fields, hc, wc, c, hp and wp of g are read). */
+void max_pool_forward(const Geometry *g, const float *x, float *out, unsigned char *idx, int threads) {
+    const int plain3x3 = g->pkh == 3 && g->pkw == 3 && g->psh == g->psw && g->pph == 0 && g->ppw == 0 && g->pdh == 1
+                         && g->pdw == 1 && (g->hp - 1) * g->psh + 3 <= g->hc && (g->wp - 1) * g->psw + 3 <= g->wc;
+#pragma omp parallel for num_threads(threads) schedule(static)
+    for (int n = 0; n < g->n; n++) {
+        const float *xi = x + (long)n * g->hc * g->wc * g->c;
+        const long o = (long)n * g->hp * g->wp * g->c;
+        for (int c0 = 0; c0 < g->c; c0 += BC) {
+            if (plain3x3)
+                pool_image_3x3(g, xi, out + o, idx + o, c0, g->psh);
+            else
+                pool_image(g, xi, out + o, idx + o, c0);
+        }
+    }
+}
+
+/* Its backward pass: grad_x (N, Hc, Wc, C) = each pooled gradient added onto its maximum's pixel, the
+ * pooled values in order (as ATen adds them where windows share a maximum); per image, so the zeroed
+ * gradient is still in the cache when the sums land in it. */
+void max_pool_backward(const Geometry *g, const float *grad, const unsigned char *idx, float *grad_x, int threads) {
+    const int C = g->c, kk = g->pkh * g->pkw, npool = g->hp * g->wp;
+    int *positions = malloc(sizeof(int) * npool * kk);
+    window_positions(g, positions);
+#pragma omp parallel for num_threads(threads) schedule(static)
+    for (int n = 0; n < g->n; n++) {
+        float *gx = grad_x + (long)n * g->hc * g->wc * C;
+        const float *gr = grad + (long)n * npool * C;
+        const unsigned char *ix = idx + (long)n * npool * C;
+        memset(gx, 0, sizeof(float) * g->hc * g->wc * C);
+        for (int o = 0; o < npool; o++)
+            for (int c = 0; c < C; c++) gx[(long)positions[o * kk + ix[o * C + c]] * C + c] += gr[o * C + c];
+    }
+    free(positions);
+}
+
 /* One image's share of the products. The pooled gradient is first summed onto the convolution pixels
  * where the maxima lie (gsum (Hc * Wc, C); about 40 % of the pixels for MNIST, listed in order in
  * list), then for each map and channel block, over the listed pixels,

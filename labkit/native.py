@@ -126,6 +126,8 @@ def _load(path):
         "block_pool_backward": [geometry, i, p, p, p, p, p, i],
         "norm_relu_forward": [i, i, i, i, p, p, p, f, p, p, p, i],
         "norm_relu_backward": [i, i, i, i, p, p, p, p, p, p, p, p, p, i],
+        "max_pool_forward": [geometry, p, p, p, i],
+        "max_pool_backward": [geometry, p, p, p, i],
         "conv3x3_forward": [i, i, i, p, p, p, p, i, i],
         "conv3x3_weight": [p, p, i, i],
         "conv3x3_weight_grad": [i, i, i, p, p, p, i],

@@ -63,8 +63,8 @@ def test_loss_and_gradients_equal_autograd_in_float32(channels_last, kernels):
     assert_close_grads(fast, plain, rtol=1e-4, atol_scale=1e-5)
     if channels_last and native.kernels() is not None:
         assert sorted(set(kernels)) == ["block_pool_backward", "block_pool_forward", "conv3x3_forward",
-                                        "conv3x3_weight", "conv3x3_weight_grad", "norm_relu_backward",
-                                        "norm_relu_forward"]
+                                        "conv3x3_weight", "conv3x3_weight_grad", "max_pool_backward",
+                                        "max_pool_forward", "norm_relu_backward", "norm_relu_forward"]
 
 
 @pytest.fixture
@@ -264,5 +264,5 @@ def test_inference_through_the_fast_path_equals_plain_and_ignores_the_batch_size
     torch.testing.assert_close(whole, plain, rtol=1e-5, atol=1e-5)
     assert torch.equal(whole, pieces)
     compiled = native.kernels() is not None
-    assert sorted(set(kernels)) == (["block_pool_forward", "conv3x3_forward", "conv3x3_weight", "norm_relu_forward"]
-                                    if compiled else [])
+    assert sorted(set(kernels)) == (["block_pool_forward", "conv3x3_forward", "conv3x3_weight", "max_pool_forward",
+                                     "norm_relu_forward"] if compiled else [])

@@ -36,6 +36,43 @@ def test_block_pool_kernel_picks_the_maxima_aten_picks(pool, nan, compiled):
     assert_block_pool_picks_the_maxima_aten_picks(pool, nan)
 
 
+@pytest.mark.parametrize("pool", POOLS + [nn.MaxPool2d(2), nn.MaxPool2d((3, 2), (1, 2), padding=(1, 0))])
+@pytest.mark.parametrize("channels", [16, 48])
+def test_max_pool_equals_aten_with_ties_and_nan(pool, channels, compiled, monkeypatch):
+    """A max-pool alone (the lab's second): the same output, and the same input gradient bit for bit
+    (ties everywhere from small integers, NaN that must win; where windows share a maximum, the
+    gradients are added in ATen's order)."""
+    g = torch.Generator().manual_seed(0)
+    x = torch.randint(0, 3, (3, channels, 13, 13), generator=g).float()
+    x[0, :, 4, 4] = x[2, 3, 7:9, 0] = float("nan")
+    x = x.contiguous(memory_format=torch.channels_last)
+    grad_seed = torch.randn(3, channels, 13, 13, generator=g)
+    called = spy_on_kernels(monkeypatch)
+
+    def run(fast):
+        xr = x.clone().requires_grad_()
+        with fast_layers(pool, fast):
+            out = pool(xr)
+        out.backward(grad_seed[:, :, :out.shape[2], :out.shape[3]].contiguous(memory_format=torch.channels_last))
+        return out, xr.grad
+
+    (out, grad), (ref, ref_grad) = run(True), run(False)
+    assert called == ["max_pool_forward", "max_pool_backward"]
+    torch.testing.assert_close(out, ref, rtol=0, atol=0, equal_nan=True)
+    assert torch.equal(grad, ref_grad) and out.is_contiguous(memory_format=torch.channels_last)
+
+
+def test_max_pool_runs_plain_where_the_kernel_does_not_apply(compiled, monkeypatch):
+    pool = nn.MaxPool2d(3, 2)
+    called = spy_on_kernels(monkeypatch)
+    with fast_layers(pool):
+        for x in (torch.randn(2, 32, 13, 13),  # NCHW
+                  torch.randn(2, 8, 13, 13).contiguous(memory_format=torch.channels_last),  # 8 channels
+                  torch.randn(2, 32, 13, 13, dtype=torch.float64).contiguous(memory_format=torch.channels_last)):
+            assert torch.equal(pool(x), nn.functional.max_pool2d(x, 3, 2))
+    assert called == []
+
+
 def assert_block_pool_picks_the_maxima_aten_picks(pool, nan=False):
     """Small integers make the convolution exact, so its output has ties everywhere: the kernel must
     pick the same maximum (the first in scan order) as ATen, whose indices autograd follows; a NaN
