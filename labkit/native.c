@@ -136,6 +136,12 @@ INLINE void pool_image_3x3(const Geometry *g, const float *conv, float *out, uns
         }
 }
 
+/* Whether g's pool is one pool_image_3x3 takes. */
+static int is_plain_3x3(const Geometry *g) {
+    return g->pkh == 3 && g->pkw == 3 && g->psh == g->psw && g->pph == 0 && g->ppw == 0 && g->pdh == 1 && g->pdw == 1
+           && (g->hp - 1) * g->psh + 3 <= g->hc && (g->wp - 1) * g->psw + 3 <= g->wc;
+}
+
 /* positions (Hp * Wp, pkh * pkw): the convolution pixel of each pooled value's window elements. */
 static void window_positions(const Geometry *g, int *positions) {
     const int kk = g->pkh * g->pkw;
@@ -151,8 +157,7 @@ static void window_positions(const Geometry *g, int *positions) {
 void block_pool_forward(const Geometry *g, const float *z, const float *wt, const float *bias, float *out,
                         unsigned char *idx,
                         int threads) {
-    const int plain3x3 = g->pkh == 3 && g->pkw == 3 && g->psh == g->psw && g->pph == 0 && g->ppw == 0 && g->pdh == 1
-                         && g->pdw == 1 && (g->hp - 1) * g->psh + 3 <= g->hc && (g->wp - 1) * g->psw + 3 <= g->wc;
+    const int plain3x3 = is_plain_3x3(g);
 #pragma omp parallel num_threads(threads)
     {
         float *conv = malloc(sizeof(float) * g->hc * g->wc * g->c);
@@ -175,8 +180,7 @@ void block_pool_forward(const Geometry *g, const float *z, const float *wt, cons
 /* A max-pool alone (the lab's second one): x (N, Hc, Wc, C) -> out and idx (N, Hp, Wp, C), as the image's
  * block pools its convolution (only the pool fields, hc, wc, c, hp and wp of g are read). */
 void max_pool_forward(const Geometry *g, const float *x, float *out, unsigned char *idx, int threads) {
-    const int plain3x3 = g->pkh == 3 && g->pkw == 3 && g->psh == g->psw && g->pph == 0 && g->ppw == 0 && g->pdh == 1
-                         && g->pdw == 1 && (g->hp - 1) * g->psh + 3 <= g->hc && (g->wp - 1) * g->psw + 3 <= g->wc;
+    const int plain3x3 = is_plain_3x3(g);
 #pragma omp parallel for num_threads(threads) schedule(static)
     for (int n = 0; n < g->n; n++) {
         const float *xi = x + (long)n * g->hc * g->wc * g->c;
