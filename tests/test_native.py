@@ -108,7 +108,7 @@ def assert_conv3x3_kernel_equals_float64(shapes=CONV_SHAPES):
     """``conv3x3_forward`` (Winograd's F(2x2, 3x3) and F(4x4, 3x3)) and ``conv3x3_weight_grad`` against
     float64's direct convolution: maps of odd and even sizes, smaller than a tile, and numbers of tiles
     that leave the last block short. Relative to the largest value, float32's direct convolution is
-    off by about 2e-7 here, F(2x2, 3x3) by as much, F(4x4, 3x3) by up to 4e-6."""
+    off by about 2e-7 here, F(2x2, 3x3) by as much, F(4x4, 3x3) by up to 5e-6."""
     g = torch.Generator().manual_seed(0)
     weight = torch.randn(32, 32, 3, 3, generator=g) * 0.1
     for tile, tolerance in ((2, 1e-6), (4, 1e-5)):
@@ -129,6 +129,10 @@ def assert_conv3x3_kernel_equals_float64(shapes=CONV_SHAPES):
         exact = torch.zeros(32, 32, 3, 3, dtype=torch.float64, requires_grad=True)
         F.conv2d(x.permute(0, 3, 1, 2).double(), exact, padding=1).backward(grad.permute(0, 3, 1, 2).double())
         assert (grad_weight - exact.grad).abs().max() < 2e-6 * exact.grad.abs().max(), (n, h, w)
+
+
+def test_conv3x3_kernel_equals_a_float64_convolution(compiled):
+    assert_conv3x3_kernel_equals_float64()
 
 
 @pytest.mark.parametrize("size, tile", [((13, 13), 4), ((28, 28), 4), ((7, 4), 4), ((6, 6), 2), ((2, 3), 2), ((1, 1), 2)])
