@@ -543,25 +543,6 @@ static void weight2(const float *weight, float *U, int threads) {
         }
 }
 
-static void forward2(int n, int h, int w, const float *x, const float *U, const float *bias, float *y, int threads) {
-    const int th = (h + 1) / 2, tw = (w + 1) / 2, T = th * tw;
-    const long total = (long)n * T, blocks = (total + RT - 1) / RT;
-#pragma omp parallel num_threads(threads)
-    {
-        /* rows past a short last block are multiplied but never written out; zeros keep them finite */
-        float V[16][RT][WC] __attribute__((aligned(64))) = {{{0}}};
-        float M[16][RT][WC] __attribute__((aligned(64)));
-#pragma omp for schedule(static)
-        for (long blk = 0; blk < blocks; blk++) {
-            const long t0 = blk * RT;
-            const int nt = total - t0 < RT ? (int)(total - t0) : RT;
-            winograd_input(x, h, w, tw, T, t0, nt, &V[0][0][0], RT);
-            winograd_products(U, &V[0][0][0], &M[0][0][0], 16);
-            winograd_output(y, h, w, tw, T, t0, nt, &M[0][0][0], bias);
-        }
-    }
-}
-
 /* The weight gradient of that convolution, by the same transform: with V = B^T d B for each tile's
  * input patch and Z = A dY A^T for its 2x2 block of output gradient (zero outside the map), the
  * gradient of U is the sum over tiles of Z (x) V (outer product over channels, per element e), and
@@ -775,24 +756,6 @@ static void weight4(const float *weight, float *U, int threads) {
         }
 }
 
-static void forward4(int n, int h, int w, const float *x, const float *U, const float *bias, float *y, int threads) {
-    const int th = (h + 3) / 4, tw = (w + 3) / 4, T = th * tw;
-    const long total = (long)n * T, blocks = (total + RT - 1) / RT;
-#pragma omp parallel num_threads(threads)
-    {
-        float V[36][RT][WC] __attribute__((aligned(64))) = {{{0}}};
-        float M[36][RT][WC] __attribute__((aligned(64)));
-#pragma omp for schedule(static)
-        for (long blk = 0; blk < blocks; blk++) {
-            const long t0 = blk * RT;
-            const int nt = total - t0 < RT ? (int)(total - t0) : RT;
-            winograd4_input(x, h, w, tw, T, t0, nt, &V[0][0][0], RT);
-            winograd_products(U, &V[0][0][0], &M[0][0][0], 36);
-            winograd4_output(y, h, w, tw, T, t0, nt, &M[0][0][0], bias);
-        }
-    }
-}
-
 /* ------------------------------------------------------------------ the entry points
  * tile: 2 for F(2x2, 3x3) (U holds 16 elements per channel pair), 4 for F(4x4, 3x3) (36). */
 void conv3x3_weight(const float *weight, float *U, int tile, int threads) {
@@ -801,5 +764,27 @@ void conv3x3_weight(const float *weight, float *U, int tile, int threads) {
 
 void conv3x3_forward(int n, int h, int w, const float *x, const float *U, const float *bias, float *y, int tile,
                      int threads) {
-    (tile == 4 ? forward4 : forward2)(n, h, w, x, U, bias, y, threads);
+    const int m = tile == 4 ? 4 : 2, th = (h + m - 1) / m, tw = (w + m - 1) / m, T = th * tw;
+    const long total = (long)n * T, blocks = (total + RT - 1) / RT;
+#pragma omp parallel num_threads(threads)
+    {
+        /* (E, RT, WC) with E = 16 or 36 elements; rows past a short last block are multiplied but never
+         * written out, and zeros keep them finite */
+        float V[36][RT][WC] __attribute__((aligned(64))) = {{{0}}};
+        float M[36][RT][WC] __attribute__((aligned(64)));
+#pragma omp for schedule(static)
+        for (long blk = 0; blk < blocks; blk++) {
+            const long t0 = blk * RT;
+            const int nt = total - t0 < RT ? (int)(total - t0) : RT;
+            if (m == 4) {
+                winograd4_input(x, h, w, tw, T, t0, nt, &V[0][0][0], RT);
+                winograd_products(U, &V[0][0][0], &M[0][0][0], 36);
+                winograd4_output(y, h, w, tw, T, t0, nt, &M[0][0][0], bias);
+            } else {
+                winograd_input(x, h, w, tw, T, t0, nt, &V[0][0][0], RT);
+                winograd_products(U, &V[0][0][0], &M[0][0][0], 16);
+                winograd_output(y, h, w, tw, T, t0, nt, &M[0][0][0], bias);
+            }
+        }
+    }
 }
