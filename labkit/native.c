@@ -83,6 +83,21 @@ INLINE void pad_maps(const Geometry *g, int m, const float *maps, int n, float *
     }
 }
 
+/* A pool window's step: v (element e of the window) becomes the maximum where it is larger or NaN, as
+ * ATen's max-pool decides (so the first of equal maxima stays, and a later NaN wins). */
+INLINE void take_max(vf v, int e, vf *best, vi *at) {
+    vi take = (v > *best) | (v != v);  /* -1 where v is larger or NaN */
+    *best = (vf)((take & (vi)v) | (~take & (vi)*best));
+    *at = (take & e) | (~take & *at);
+}
+
+/* A pooled vector and its maxima's places (one byte each) at offset o. */
+INLINE void store_max(float *out, unsigned char *idx, long o, vf best, vi at) {
+    store(out + o, best);
+    vu8 bytes = __builtin_convertvector(at, vu8);
+    memcpy(idx + o, &bytes, sizeof bytes);
+}
+
 /* Max-pool one image's convolution output, channels c0..c0+BC. idx gets the maximum's place in its
  * window, i * pkw + j for the window's element (i, j) (one byte: the Python side checks that the
  * window has at most 256 elements); window_positions turns it back into a pixel. */
@@ -101,16 +116,9 @@ INLINE void pool_image(const Geometry *g, const float *conv, float *out, unsigne
             vf best = (vf){0} - INFINITY;
             vi at = (vi){0} + (i0 * g->pkw + j0);
             for (int hh = h0, i = i0; hh < h1; hh += g->pdh, i++)
-                for (int ww = w0, e = i * g->pkw + j0; ww < w1; ww += g->pdw, e++) {
-                    vf v = load(conv + (hh * g->wc + ww) * C + c0);
-                    vi take = (v > best) | (v != v);  /* -1 where v is larger or NaN */
-                    best = (vf)((take & (vi)v) | (~take & (vi)best));
-                    at = (take & e) | (~take & at);
-                }
-            long o = (long)(oh * g->wp + ow) * C + c0;
-            store(out + o, best);
-            vu8 bytes = __builtin_convertvector(at, vu8);
-            memcpy(idx + o, &bytes, sizeof bytes);
+                for (int ww = w0, e = i * g->pkw + j0; ww < w1; ww += g->pdw, e++)
+                    take_max(load(conv + (hh * g->wc + ww) * C + c0), e, &best, &at);
+            store_max(out, idx, (long)(oh * g->wp + ow) * C + c0, best, at);
         }
 }
 
@@ -123,16 +131,8 @@ INLINE void pool_image_3x3(const Geometry *g, const float *conv, float *out, uns
             const float *win = conv + ((oh * S) * g->wc + ow * S) * C + c0;
             vf best = load(win);
             vi at = (vi){0};
-            for (int e = 1; e < 9; e++) {
-                vf v = load(win + ((e / 3) * g->wc + e % 3) * C);
-                vi take = (v > best) | (v != v);  /* -1 where v is larger or NaN */
-                best = (vf)((take & (vi)v) | (~take & (vi)best));
-                at = (take & e) | (~take & at);
-            }
-            long o = (long)(oh * g->wp + ow) * C + c0;
-            store(out + o, best);
-            vu8 bytes = __builtin_convertvector(at, vu8);
-            memcpy(idx + o, &bytes, sizeof bytes);
+            for (int e = 1; e < 9; e++) take_max(load(win + ((e / 3) * g->wc + e % 3) * C), e, &best, &at);
+            store_max(out, idx, (long)(oh * g->wp + ow) * C + c0, best, at);
         }
 }
 
@@ -140,6 +140,16 @@ INLINE void pool_image_3x3(const Geometry *g, const float *conv, float *out, uns
 static int is_plain_3x3(const Geometry *g) {
     return g->pkh == 3 && g->pkw == 3 && g->psh == g->psw && g->pph == 0 && g->ppw == 0 && g->pdh == 1 && g->pdw == 1
            && (g->hp - 1) * g->psh + 3 <= g->hc && (g->wp - 1) * g->psw + 3 <= g->wc;
+}
+
+/* Max-pool one image's (Hc, Wc, C) map, every channel block, the unrolled way where plain3x3. */
+INLINE void pool_channels(const Geometry *g, int plain3x3, const float *map, float *out, unsigned char *idx) {
+    for (int c0 = 0; c0 < g->c; c0 += BC) {
+        if (plain3x3)
+            pool_image_3x3(g, map, out, idx, c0, g->psh);
+        else
+            pool_image(g, map, out, idx, c0);
+    }
 }
 
 /* positions (Hp * Wp, pkh * pkw): the convolution pixel of each pooled value's window elements. */
@@ -167,10 +177,7 @@ void block_pool_forward(const Geometry *g, const float *z, const float *wt, cons
             long o = (long)n * g->hp * g->wp * g->c;
             pad_maps(g, 1, z, n, zp);
             for (int c0 = 0; c0 < g->c; c0 += BC) conv_image(g, zp, wt, bias, conv, c0);
-            if (plain3x3)
-                for (int c0 = 0; c0 < g->c; c0 += BC) pool_image_3x3(g, conv, out + o, idx + o, c0, g->psh);
-            else
-                for (int c0 = 0; c0 < g->c; c0 += BC) pool_image(g, conv, out + o, idx + o, c0);
+            pool_channels(g, plain3x3, conv, out + o, idx + o);
         }
         free(conv);
         free(zp);
@@ -185,12 +192,7 @@ void max_pool_forward(const Geometry *g, const float *x, float *out, unsigned ch
     for (int n = 0; n < g->n; n++) {
         const float *xi = x + (long)n * g->hc * g->wc * g->c;
         const long o = (long)n * g->hp * g->wp * g->c;
-        for (int c0 = 0; c0 < g->c; c0 += BC) {
-            if (plain3x3)
-                pool_image_3x3(g, xi, out + o, idx + o, c0, g->psh);
-            else
-                pool_image(g, xi, out + o, idx + o, c0);
-        }
+        pool_channels(g, plain3x3, xi, out + o, idx + o);
     }
 }
 
