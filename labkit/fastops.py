@@ -557,7 +557,7 @@ def winograd_tile(h, w):
     return 4 if 36 * -(-h // 4) * -(-w // 4) < 16 * -(-h // 2) * -(-w // 2) else 2
 
 
-def winograd_weight(weight, tile=2):
+def winograd_weight(weight, tile):
     """(32, 32, 3, 3) -> (E, 32 in, 32 out): each kernel g as G g G^T, the (tile + 2)^2 = E elements
     that Winograd's F(tile x tile, 3x3) multiplies with (``conv3x3_weight`` in native.c)."""
     u = weight.new_empty((tile + 2) ** 2, weight.shape[1], weight.shape[0])
