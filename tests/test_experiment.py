@@ -14,7 +14,7 @@ def test_load_or_train_trains_once_then_loads(tmp_path):
     assert trained and meta["epochs"] == 1 and meta["source"] == "sample" and 0 < meta["accuracy"] <= 1
     again, meta2, trained2 = load_or_train("m.pt", settings, folder=tmp_path)
     assert not trained2 and meta2 == meta
-    x = torch.rand(2, 1, 28, 28)
+    x = torch.rand(2, 1, 28, 28, device=next(again.parameters()).device)  # load_or_train picks the device
     assert torch.equal(again.get_features(x), model.eval().get_features(x))
 
 

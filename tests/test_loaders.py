@@ -14,7 +14,7 @@ def test_triplet_batches_follow_the_class_rules_over_many_draws():
     pos_pairs, neg_classes = Counter(), Counter()
     for _ in range(300):
         anchors = torch.randint(len(ds), (64,))
-        pos, neg = batches.sample(anchors)
+        pos, neg = (i.cpu() for i in batches.sample(anchors))  # the loader's device: CUDA in a GPU run
         ya, yp, yn = ds.targets[anchors], ds.targets[pos], ds.targets[neg]
         assert (yp == ya).all() and (pos != anchors).all()
         assert (yn != ya).all() and (yn != 5).all()
@@ -36,7 +36,7 @@ def test_fast_and_course_sampling_have_the_same_distribution():
     n = 9000
     torch.manual_seed(0)
     course = Counter(ds.targets[ds._sample_negative(anchor)].item() for _ in range(n))
-    fast_neg = TripletBatches(ds, seed=1, sampler="vectorised").sample(torch.full((n,), anchor))[1]
+    fast_neg = TripletBatches(ds, seed=1, sampler="vectorised").sample(torch.full((n,), anchor))[1].cpu()
     fast = Counter(ds.targets[fast_neg].tolist())
     assert set(course) == set(fast)
     for c in course:  # both about n / 9 = 1000; their difference has sd about 45
@@ -107,7 +107,7 @@ def test_dataset_sampler_returning_no_index_fails_clearly(bad):
 def test_image_batches_cover_the_dataset_in_order():
     ds = tiny_dataset("test")
     images = torch.cat([x for x, _ in ImageBatches(ds, batch_size=10)])
-    assert torch.equal(images[:, 0], ds.images)
+    assert torch.equal(images[:, 0].cpu(), ds.images)
     assert len(ImageBatches(ds, 10)) == 4
 
 

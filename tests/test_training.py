@@ -46,7 +46,7 @@ def test_evaluate_same_for_batch_1_and_512_and_equals_the_course_loop(sample):
 def test_class_means_are_unit_norm_means_of_each_class():
     ds = tiny_dataset("test")
     model = IdentityModel()
-    reps = compute_representations(model, image_loader(ds, 7), 10, 784, progress=False)
+    reps = compute_representations(model, image_loader(ds, 7), 10, 784, progress=False).cpu()
     assert reps.shape == (10, 784)
     assert torch.allclose(reps.norm(dim=1), torch.ones(10))
     for c in range(10):  # against a direct computation
@@ -112,7 +112,7 @@ def test_embed_returns_features_and_targets_in_order(batch_size):
     ds = tiny_dataset("test")
     assert len(ds) > 4 * 7  # the buffer grows several times, and the last batch is short
     feats, targets = embed(IdentityModel(), image_loader(ds, batch_size), progress=False)
-    assert torch.equal(feats, ds.images.flatten(1)) and torch.equal(targets, ds.targets)
+    assert torch.equal(feats.cpu(), ds.images.flatten(1)) and torch.equal(targets.cpu(), ds.targets)
     assert feats.untyped_storage().nbytes() == feats.numel() * 4  # not a view of a larger buffer
 
 
