@@ -61,9 +61,10 @@ def nearest_mean(representations, features, normalize=True):
 def knn(train_features, train_targets, features, k=5, chunk=512):
     """Majority vote of the k most cosine-similar training embeddings, (B,); ties go to the nearest."""
     bank = F.normalize(train_features.float(), dim=1)
+    train_targets = train_targets.to(bank.device)  # indexed by positions in the bank
     num_classes = int(train_targets.max()) + 1
     preds = []
-    for q in F.normalize(features.float(), dim=1).split(chunk):
+    for q in F.normalize(features.float().to(bank.device), dim=1).split(chunk):
         sims, idx = (q @ bank.T).topk(k, dim=1)  # (b, k), most similar first
         votes = torch.zeros(len(q), num_classes, device=q.device)
         # each neighbour votes 1; a tiny bonus by rank breaks ties in favour of the nearest

@@ -155,8 +155,11 @@ def evaluate(model, representations, loader, device=None, *, progress=None):
 def _features(model, images, device):
     # full precision: class means and distances decide ties, and must match across batch sizes
     # (fast_layers runs image by image in inference, so it keeps that)
+    # non-blocking only towards a GPU: a non-blocking copy from a GPU to the CPU returns before the
+    # data has arrived, and the CPU would read whatever the buffer held (a CPU model, CUDA batches)
+    images = images.to(device, non_blocking=device.type == "cuda")
     with fast_layers(model):
-        return model.get_features(images.to(device, non_blocking=True)).float()
+        return model.get_features(images).float()
 
 
 def fit(model, optimizer, train_batches, mean_batches, test_batches, epochs, device=None, *, num_classes=10,

@@ -44,7 +44,7 @@ def plot_triplet_rows(dataset, rows):
 
 def stage_outputs(model, image):
     """Run one (1, C, H, W) image through ``model.net`` layer by layer: [(layer name, output), ...]."""
-    outputs, x = [], image
+    outputs, x = [], image.to(next(model.parameters()).device)
     with torch.inference_mode():
         for layer in model.net:
             x = layer(x)

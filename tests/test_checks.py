@@ -11,7 +11,9 @@ from labkit import checks
 from labkit.classify import mean_distances, means_from_sums, nearest_mean
 from labkit.data import load_idx_digits
 from labkit.dataset import MNISTMetricDataset
+from labkit.loaders import image_loader
 from labkit.model import IdentityModel, SimpleMetricEmbedding, _BNReluConv
+from labkit.training import compute_representations
 from labkit.viz import pca_2d
 from tests.helpers import tiny_dataset
 
@@ -289,6 +291,22 @@ def test_check_classify_flags_wrong_functions(functions, flagged, capsys):
 def test_unwritten_task3_and_task4_print_not_written_lines(capsys):
     out = lines(capsys, checks.check_classify, unwritten, unwritten, unwritten) + lines(capsys, checks.check_pca, unwritten)
     assert len(out) == 6 and all(line.startswith("✘ ") and "not written yet (Task 3" in line for line in out)
+
+
+class BatchMeanRemoved(SimpleMetricEmbedding):  # each image's features depend on the rest of its batch
+    def get_features(self, img):
+        feats = super().get_features(img)
+        return feats - feats.mean(0)
+
+
+@pytest.mark.parametrize("cls, ok", [(SimpleMetricEmbedding, True), (BatchMeanRemoved, False)])
+def test_check_batch_invariance_flags_batch_dependent_features(cls, ok, capsys):
+    torch.manual_seed(0)
+    ds = tiny_dataset("test")
+    model = cls(1, 8).eval()
+    reps = compute_representations(model, image_loader(ds, 64, device="cpu"), progress=False)
+    out = lines(capsys, checks.check_batch_invariance, model, reps, ds)
+    assert out == [f"{'✔' if ok else '✘'} evaluate gives the same accuracy with batch size 1 and 512"]
 
 
 @pytest.mark.parametrize("wrong", [
