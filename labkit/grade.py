@@ -24,13 +24,14 @@ def parse_args(argv=None):
     parser.add_argument("--jobs", type=int, default=1, help="task runs in parallel (default 1)")
     parser.add_argument("--timeout", type=float, default=Limits.timeout, help="seconds per task run")
     parser.add_argument("--memory", type=int, default=Limits.memory_mb, help="MB of address space per process; 0: none")
-    parser.add_argument("--epochs", type=int, default=Limits.epochs, help="training epochs in notebook 03")
+    parser.add_argument("--epochs", type=int, default=Limits.epochs,
+                        help="training epochs in notebooks 03 and 04 (default: theirs on the bundled sample)")
     parser.add_argument("--hidden", type=Path, help="instructor-only task tests (default: tests/hidden if it exists)")
     parser.add_argument("--reference", type=Path, default=CHECKOUT, help="the reference checkout (default: this one)")
     args = parser.parse_args(argv)
     if args.self_check == bool(args.submissions):
         parser.error("give submissions to grade, or --self to check this checkout (not both)")
-    if args.jobs < 1 or args.timeout <= 0 or args.memory < 0 or args.epochs < 1:
+    if args.jobs < 1 or args.timeout <= 0 or args.memory < 0 or (args.epochs is not None and args.epochs < 1):
         parser.error("--jobs and --epochs must be at least 1, --timeout positive, --memory 0 or more")
     if not (args.reference / "labkit").is_dir() or not (args.reference / "notebooks").is_dir():
         parser.error(f"--reference {args.reference} is not a workbook checkout (no labkit/ and notebooks/)")

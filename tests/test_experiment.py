@@ -4,7 +4,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from labkit.checkpoint import CheckpointError, save_checkpoint
-from labkit.experiment import Settings, load_or_train
+from labkit.experiment import LAB_EPOCHS, SAMPLE_EPOCHS, Settings, lab_epochs, load_or_train
 from labkit.model import SimpleMetricEmbedding
 
 
@@ -57,3 +57,18 @@ def test_course_script_runs_with_only_its_imports_changed():
     test_rep = model.get_features(ds_test.images.unsqueeze(1).to(device))
     assert test_rep.shape == (len(ds_test), emb_size)
     assert torch.pca_lowrank(test_rep, 2)[0].shape == (len(ds_test), 2)
+
+
+def test_lab_epochs_are_the_labs_on_full_data_more_on_the_sample_and_the_environment_overrides(monkeypatch):
+    monkeypatch.delenv("LABKIT_EPOCHS", raising=False)
+    assert [lab_epochs(s) for s in ("mnist", "fashion", "sample")] == [LAB_EPOCHS, LAB_EPOCHS, SAMPLE_EPOCHS]
+    assert SAMPLE_EPOCHS > LAB_EPOCHS == 3
+    monkeypatch.setenv("LABKIT_EPOCHS", " 2 ")
+    assert lab_epochs("sample") == lab_epochs("mnist") == 2
+
+
+@pytest.mark.parametrize("bad", ["0", "-1", "two", "1.5"])
+def test_bad_labkit_epochs_is_explained(monkeypatch, bad):
+    monkeypatch.setenv("LABKIT_EPOCHS", bad)
+    with pytest.raises(ValueError, match=r"LABKIT_EPOCHS=.*whole number of epochs, 1 or more; unset it"):
+        lab_epochs("sample")

@@ -114,3 +114,9 @@ def test_a_loop_is_cut_at_the_limit_and_every_process_of_the_run_is_gone(tiny_re
         except psutil.Error:
             continue
     assert survivors == []
+
+
+def test_task_runs_get_the_notebooks_own_epochs_unless_the_grader_is_told(tmp_path, monkeypatch):
+    monkeypatch.setenv("LABKIT_EPOCHS", "1")  # the grader's own environment never reaches a run
+    assert "LABKIT_EPOCHS" not in Runner(tmp_path, tmp_path / "out")._env(tmp_path, task=3)
+    assert Runner(tmp_path, tmp_path / "out", Limits(epochs=4))._env(tmp_path, task=3)["LABKIT_EPOCHS"] == "4"
