@@ -13,7 +13,7 @@ def sample_triplets(dataset, count, seed=0):
     """``count`` (anchor, positive, negative) index triples, (count, 3), drawn with the dataset's own
     ``_sample_positive`` / ``_sample_negative``; seeded without touching torch's global random state."""
     with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
+        torch.default_generator.manual_seed(seed)  # the CPU's only: fork_rng(devices=[]) restores just that one
         anchors = torch.randint(len(dataset), (count,)).tolist()
         rows = [(a, dataset._sample_positive(a), dataset._sample_negative(a)) for a in anchors]
     return torch.tensor(rows, dtype=torch.long).reshape(count, 3)

@@ -81,7 +81,7 @@ class TripletBatches:
         batch_seed = int(torch.randint(2**62, (), generator=self.host_generator))
         ids = anchors.tolist()
         with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(batch_seed)
+            torch.default_generator.manual_seed(batch_seed)  # the CPU's only: fork_rng(devices=[]) restores just that one
             positives = [self.dataset._sample_positive(i) for i in ids]
             negatives = [self.dataset._sample_negative(i) for i in ids]
         return _index_tensor(positives, "_sample_positive"), _index_tensor(negatives, "_sample_negative")

@@ -54,6 +54,7 @@ def test_misclassified_and_principal_components():
     assert misclassified(torch.tensor([1, 2, 3, 4]), torch.tensor([1, 0, 3, 0])) == [1, 3]
     g = torch.Generator().manual_seed(0)
     x = torch.randn(200, 6, generator=g) * torch.tensor([5.0, 3, 2, 1, 0.5, 0.1])
+    torch.manual_seed(0)  # pca_lowrank is randomised: with 3 of 6 directions its variances are close, not exact
     z = principal_components(x, q=3)
     assert z.shape == (200, 3)
     assert torch.allclose(z.mean(0), torch.zeros(3), atol=1e-4)

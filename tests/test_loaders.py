@@ -153,3 +153,21 @@ def test_fast_path_on_cuda_keeps_the_rules_and_trains_in_mixed_precision():
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
     loss = train(model, optimizer, batches, "cuda", progress=False, log=False)
     assert 0 < loss < 2 and all(p.dtype == torch.float32 for p in model.parameters())
+
+
+def test_private_random_streams_leave_a_gpus_generators_alone(monkeypatch, capsys):
+    """Batches of the dataset's samplers, sample_triplets and the checks seed the CPU's generator only,
+    which they restore; torch.manual_seed would reseed every GPU's as well, for good."""
+    from labkit import checks
+    from labkit.explore import sample_triplets
+    from labkit.viz import pca_2d
+
+    reseeded = []
+    monkeypatch.setattr(torch.cuda, "manual_seed_all", reseeded.append)
+    ds = tiny_dataset()
+    before = torch.get_rng_state()
+    list(TripletBatches(ds, 8, device="cpu", seed=0))
+    sample_triplets(ds, 5)
+    checks.check_pca(pca_2d)
+    assert reseeded == [] and torch.equal(torch.get_rng_state(), before)
+    assert "✘" not in capsys.readouterr().out
