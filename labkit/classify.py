@@ -75,11 +75,12 @@ def knn(train_features, train_targets, features, k=5, chunk=512):
 
 
 def accuracy(preds, targets):
-    return (preds == targets).float().mean().item()
+    return (preds == targets.to(preds.device)).float().mean().item()
 
 
 def per_class_accuracy(preds, targets, num_classes=10):
     """Accuracy within each true class, a list of length num_classes (NaN for absent classes)."""
+    targets = targets.to(preds.device)
     hits = torch.bincount(targets[preds == targets], minlength=num_classes).float()
     totals = torch.bincount(targets, minlength=num_classes).float()
     return (hits / totals).tolist()

@@ -153,8 +153,9 @@ def evaluate(model, representations, loader, device=None, *, progress=None):
 
 
 def _features(model, images, device):
-    # full precision: class means and distances decide ties, and must match across batch sizes
-    # (fast_layers runs image by image in inference, so it keeps that)
+    # float32, not bf16: class means and distances decide ties, and must match across batch sizes
+    # (fast_layers runs image by image in inference, so it keeps that on the CPU; on Ampere and later
+    # GPUs cuDNN's convolutions round their inputs to TF32 unless torch.backends.cudnn.allow_tf32 is off)
     # non-blocking only towards a GPU: a non-blocking copy from a GPU to the CPU returns before the
     # data has arrived, and the CPU would read whatever the buffer held (a CPU model, CUDA batches)
     images = images.to(device, non_blocking=device.type == "cuda")

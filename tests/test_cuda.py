@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from labkit import checks
-from labkit.classify import knn
+from labkit.classify import accuracy, knn, per_class_accuracy
 from labkit.device import prepare_model
 from labkit.loaders import image_loader
 from labkit.model import SimpleMetricEmbedding
@@ -45,3 +45,9 @@ def test_check_batch_invariance_decides_a_gpu_model_on_a_cpu_copy(capsys):
     checks.check_batch_invariance(model, reps, ds)
     assert capsys.readouterr().out == "✔ evaluate gives the same accuracy with batch size 1 and 512\n"
     assert next(model.parameters()).is_cuda and reps.is_cuda  # the student's model and means stay put
+
+
+def test_accuracies_of_gpu_predictions_against_cpu_targets():
+    preds, targets = torch.tensor([0, 1, 1, 2]), torch.tensor([0, 1, 2, 2])
+    assert accuracy(preds.cuda(), targets) == accuracy(preds, targets) == 0.75
+    assert per_class_accuracy(preds.cuda(), targets, 3) == per_class_accuracy(preds, targets, 3) == [1.0, 1.0, 0.5]
