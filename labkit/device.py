@@ -22,6 +22,18 @@ def pick_device(device=None):
     return device
 
 
+@contextlib.contextmanager
+def cpu_rng(seed):
+    """torch's global CPU generator seeded with ``seed`` inside the block, its state restored on exit.
+
+    Only the CPU's: ``torch.manual_seed`` would reseed every GPU's generators too, for good, since
+    ``fork_rng(devices=[])`` restores the CPU's alone.
+    """
+    with torch.random.fork_rng(devices=[]):
+        torch.default_generator.manual_seed(seed)
+        yield
+
+
 def cpu_name():
     """The CPU's model name (from /proc/cpuinfo on Linux, else what ``platform`` knows): benchmarks name it."""
     try:

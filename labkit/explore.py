@@ -6,14 +6,14 @@ import torch
 import torch.nn.functional as F
 
 from labkit.classify import mean_distances
+from labkit.device import cpu_rng
 from labkit.viz import pca
 
 
 def sample_triplets(dataset, count, seed=0):
     """``count`` (anchor, positive, negative) index triples, (count, 3), drawn with the dataset's own
     ``_sample_positive`` / ``_sample_negative``; seeded without touching torch's global random state."""
-    with torch.random.fork_rng(devices=[]):
-        torch.default_generator.manual_seed(seed)  # the CPU's only: fork_rng(devices=[]) restores just that one
+    with cpu_rng(seed):
         anchors = torch.randint(len(dataset), (count,)).tolist()
         rows = [(a, dataset._sample_positive(a), dataset._sample_negative(a)) for a in anchors]
     return torch.tensor(rows, dtype=torch.long).reshape(count, 3)

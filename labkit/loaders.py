@@ -13,7 +13,7 @@ import operator
 import torch
 from torch.utils.data import DataLoader
 
-from labkit.device import pick_device
+from labkit.device import cpu_rng, pick_device
 
 
 SAMPLERS = ("dataset", "vectorised")
@@ -76,12 +76,11 @@ class TripletBatches:
         """The dataset's own ``_sample_positive`` / ``_sample_negative`` for each anchor (host tensors).
 
         They draw from torch's global generator; it is seeded per batch from ``host_generator`` inside
-        ``fork_rng``, so batches follow ``seed`` and the caller's random state stays untouched.
+        ``labkit.device.cpu_rng``, so batches follow ``seed`` and the caller's random state stays untouched.
         """
         batch_seed = int(torch.randint(2**62, (), generator=self.host_generator))
         ids = anchors.tolist()
-        with torch.random.fork_rng(devices=[]):
-            torch.default_generator.manual_seed(batch_seed)  # the CPU's only: fork_rng(devices=[]) restores just that one
+        with cpu_rng(batch_seed):
             positives = [self.dataset._sample_positive(i) for i in ids]
             negatives = [self.dataset._sample_negative(i) for i in ids]
         return _index_tensor(positives, "_sample_positive"), _index_tensor(negatives, "_sample_negative")
